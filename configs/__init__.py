@@ -1,0 +1,1 @@
+"""Hydra configs of resexp, shipped inside the package as ``resexp.configs``."""

@@ -1,0 +1,410 @@
+"""The ``resexp`` command: Typer for the commands, Hydra for the configuration.
+
+    resexp train depth=56 residual=false        one run (any Hydra override)
+    resexp train -m depth=20,56 residual=true,false   Hydra's multirun
+    resexp train --cfg job                       print the composed config
+
+``train`` forwards its arguments to a Hydra application whose configs ship inside the package
+(``pkg://resexp.configs``). Before Hydra creates any directory, the config is composed once and
+checked, so a typo, a wrong type or a bad depth ends with a short message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resexp import config as config_module
+from resexp.errors import ResexpError
+
+log = logging.getLogger("resexp")
+
+CONFIG_MODULE = "resexp.configs"
+EXTRA_ARGS = {
+    "allow_extra_args": True,
+    "ignore_unknown_options": True,
+    "help_option_names": ["--help"],
+}
+
+
+def group_choices(group: str) -> list[str]:
+    """The YAML files of a config group, e.g. data -> [cifar10, folder, synthetic]."""
+    folder = resources.files(CONFIG_MODULE).joinpath(group)
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+TRAIN_HELP = """Train one plain or residual network (He et al. 2015, sec. 4.2) with Hydra overrides.
+
+\b
+  resexp train depth=56 residual=false
+  resexp train data=folder data.root=cifar10-jpeg.tar.xz schedule=short
+  resexp train -m depth=20,56 residual=true,false      (Hydra multirun)
+  resexp train --cfg job                               (print the config)
+
+\b
+Main keys (all typed; `--cfg job` lists every one):
+  depth=20|32|44|56|110|1202   any 6n+2
+  residual=true|false          identity shortcuts, or the plain twin
+  shortcut=A|B                 A: zero-padding (paper's CIFAR choice), B: projection
+  block=basic|preact|highway   the block variant
+  data={data}
+  schedule={schedule}
+  schedule.iterations=N        shorter run; the lr drops move with it
+  seed=K  name=NAME  device=auto|cpu|cuda|mps  precision=auto|fp32|bf16
+  restart=true                 start over (the old run directory is kept, renamed)
+
+Outputs go to outputs/NAME/<plain|resnet>-DEPTH/seedK/ (resumed if it exists).
+"""
+
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show full tracebacks.")]
+
+app = typer.Typer(
+    help="resexp: plain vs residual networks on CIFAR-10 (He et al. 2015), measured.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(
+    help="Data sets: download, decode and cache ahead of time.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config composition and checks (before Hydra creates anything)
+
+
+def compose(overrides: list[str], return_hydra_config: bool = False):
+    """The config for ``overrides``, composed as ``resexp train`` would, with nothing written."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    config_module.register()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        return hydra_compose(
+            config_name="config", overrides=overrides, return_hydra_config=return_hydra_config
+        )
+
+
+def check_config(overrides: list[str]) -> None:
+    """Compose and validate; raise ResexpError with a short message on any bad input."""
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from resexp.errors import ConfigError
+    from resexp.models import check_depth
+
+    try:
+        cfg = compose(overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_hydra_message(e)) from None
+    try:
+        check_depth(cfg.depth)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.data.source == "folder" and OmegaConf.is_missing(cfg.data, "root"):
+        raise ConfigError(
+            "data=folder needs data.root=PATH (an image-folder tree or a .tar archive)"
+        )
+    for key, allowed in (
+        ("shortcut", ("A", "B")),
+        ("block", ("basic", "preact", "highway")),
+        ("precision", ("auto", "fp32", "bf16")),
+        ("channels_last", ("auto", "true", "false")),
+        ("progress", ("auto", "bar", "lines", "none")),
+    ):
+        if str(cfg[key]) not in allowed:
+            raise ConfigError(f"{key}={cfg[key]} is not one of: {', '.join(allowed)}")
+    check_writable(Path(cfg.output_root))
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any run starts.
+
+    It is tried, not inferred from permission bits (which say nothing for root, or for a
+    read-only file system).
+    """
+    from resexp.errors import ConfigError
+
+    probe = folder / f".resexp-write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"cannot write outputs under {folder} ({e.strerror or e}). "
+            "Choose another folder with output_root=PATH."
+        ) from None
+
+
+def _hydra_message(e: Exception) -> str:
+    """Hydra's message, without its stack trace and without OmegaConf's object dump."""
+    lines = []
+    for err in (e, e.__cause__):
+        for ln in str(err or "").splitlines():
+            if ln.startswith("Config search path"):
+                break
+            if ln.strip() and "object_type=" not in ln and not ln.startswith("To append"):
+                lines.append(ln.rstrip())
+    text = "\n".join(lines) if lines else type(e).__name__
+    if "Could not override" in text:
+        text += "\n`resexp train --cfg job` lists every key; `resexp train --help` the main ones."
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Running the Hydra application
+
+
+def run_hydra(task, args: list[str]) -> None:
+    """Run ``task(cfg)`` as a Hydra app with command-line ``args`` (overrides, -m, --cfg ...)."""
+    import hydra
+
+    config_module.register()
+    sys.argv = ["resexp", *args]
+    main = hydra.main(
+        version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config"
+    )
+    main(task)()
+
+
+def train_task(cfg) -> dict:
+    """One Hydra job: train, or report a user error in one line (no traceback)."""
+    from resexp.train import EXIT_DIVERGED, EXIT_INTERRUPTED, StopRequested, fit
+
+    try:
+        summary = fit(cfg)
+    except StopRequested as e:
+        log.warning(
+            "stopped by %s; checkpoint saved. Run the same command again to resume.", e.args[0]
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        log.warning("interrupted at once; resume from the last checkpoint with the same command")
+        raise SystemExit(130) from None
+    except ResexpError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("error: %s", e)
+        raise SystemExit(e.exit_code) from None
+    if summary.get("status") == "diverged":
+        raise SystemExit(EXIT_DIVERGED)
+    return summary
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], bool]:
+    """Separate Hydra overrides from Hydra's own flags (-m, --cfg, ...)."""
+    overrides, hydra_flags, skip = [], False, False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a.startswith("-"):
+            hydra_flags = True
+            skip = a in (
+                "--cfg",
+                "-c",
+                "--package",
+                "-p",
+                "--info",
+                "--config-name",
+                "-cn",
+                "--config-dir",
+                "-cd",
+                "--config-path",
+                "-cp",
+                "--experimental-rerun",
+            )
+            continue
+        overrides.append(a)
+    return overrides, hydra_flags
+
+
+def _fail(e: ResexpError, verbose: bool) -> None:
+    if verbose:
+        raise e
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(e.exit_code)
+
+
+# ----------------------------------------------------------------------------------------------
+# Commands
+
+
+@app.command(
+    context_settings=EXTRA_ARGS,
+    short_help="Train one plain or residual network (any Hydra override).",
+    help=TRAIN_HELP.format(
+        data="|".join(group_choices("data")), schedule="|".join(group_choices("schedule"))
+    ),
+)
+def train(
+    ctx: typer.Context,
+    verbose: Verbose = False,
+) -> None:
+    args = list(ctx.args)
+    if verbose:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    overrides, has_flags = _split_flags(args)
+    if not has_flags:  # plain run: check everything before Hydra creates the run directory
+        try:
+            check_config(overrides)
+        except ResexpError as e:
+            _fail(e, verbose)
+    run_hydra(train_task, args)
+
+
+@data_app.command("prepare", context_settings=EXTRA_ARGS)
+def data_prepare(
+    ctx: typer.Context,
+    verbose: Verbose = False,
+) -> None:
+    """Download, decode and cache a data set now (e.g. before a sweep, or on a login node).
+
+    Takes the same data overrides as train: `resexp data prepare data=folder data.root=PATH`.
+    """
+    from resexp.data import prepare_data
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        check_config(list(ctx.args))
+        cfg = compose(list(ctx.args))
+        data = prepare_data(cfg.data)
+    except ResexpError as e:
+        _fail(e, verbose)
+    typer.echo(f"ready: {data.description}")
+
+
+SWEEP_HELP = """Run the whole study (He et al. 2015, Figure 6) through Hydra's multirun; resumable.
+
+\b
+  resexp sweep                                  depth 20,32,44,56 x plain/residual
+  resexp sweep schedule=short data=folder data.root=PATH
+  resexp sweep depth=20,56 seeds=3              a smaller grid, seeds 0, 1, 2
+  resexp sweep hydra/launcher=joblib hydra.launcher.n_jobs=4   several runs at once
+  resexp sweep hydra/launcher=submitit_slurm    one SLURM job per run
+
+Every `resexp train` override composes with it. Runs already completed are skipped, so
+re-running after an interruption runs only what is missing. A failed run does not stop the
+others; the sweep ends with a table and a non-zero exit if any failed. Outputs go to
+outputs/degradation/ (name= changes it); then `resexp compare`.
+"""
+
+
+@app.command(
+    context_settings=EXTRA_ARGS,
+    short_help="Run the whole study (Figure 6's grid) through Hydra's multirun.",
+    help=SWEEP_HELP,
+)
+def sweep(
+    ctx: typer.Context,
+    verbose: Verbose = False,
+    interval: Annotated[float, typer.Option(help="Seconds between progress checks.")] = 10.0,
+) -> None:
+    from rich.console import Console
+
+    from resexp import sweep as sweeps
+
+    if verbose:
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args = sweeps.translate_args(list(ctx.args))
+        plan = _checked(lambda: sweeps.plan_sweep(args, compose))
+        for run in plan.runs:
+            check_config(plan.base_overrides + run.overrides)
+        skipped = [r for r in plan.runs if r.done_before]
+        for run in skipped:
+            log.info("skip %s: already completed", run.run_dir)
+        log.info(
+            "sweep %s: %d runs (%d to run, %d already completed), launcher %s",
+            plan.study_dir,
+            len(plan.runs),
+            len(plan.runs) - len(skipped),
+            len(skipped),
+            plan.launcher,
+        )
+        sweeps.prepare_data_once(plan)
+    except ResexpError as e:
+        _fail(e, verbose)
+
+    monitor = sweeps.Monitor(plan, interval=interval)
+    monitor.start()
+    try:
+        run_hydra(sweep_task, ["-m", *plan.base_overrides, *plan.sweep_overrides])
+    finally:
+        monitor.stop()
+    table, failed = sweeps.report_table(plan)
+    console = Console()
+    console.width = max(console.width, 110)
+    console.print(table)
+    if failed:
+        typer.echo(f"{failed} run(s) failed; see their summary.json and train.log", err=True)
+        raise typer.Exit(1)
+
+
+def sweep_task(cfg) -> dict | None:
+    """One Hydra job of a sweep: a failed run is recorded in its summary.json, not raised."""
+    from resexp.sweep import run_job
+    from resexp.train import fit
+
+    return run_job(cfg, fit)
+
+
+def _checked(plan):
+    """Run ``plan()``, turning Hydra's composition errors into short ConfigErrors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from resexp.errors import ConfigError
+
+    try:
+        return plan()
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_hydra_message(e)) from None
+
+
+@app.command("compare")
+def compare_command(
+    study: Annotated[
+        Path | None, typer.Argument(help="A study directory (default: the latest under outputs/).")
+    ] = None,
+    root: Annotated[Path, typer.Option(help="Where to look for the latest study.")] = Path(
+        "outputs"
+    ),
+    tensorboard: Annotated[
+        bool, typer.Option(help="Write the TensorBoard layout and hparams.")
+    ] = True,
+) -> None:
+    """Figure 6 side by side, results.csv/.md with the published numbers, and a verdict.
+
+    Reads the runs' metrics.jsonl and summary.json; works on partial studies (says what is
+    missing). Writes figure6.png/.pdf, results.csv, results.md next to the runs.
+    """
+    from resexp.compare import compare, find_study, print_report
+
+    try:
+        result = compare(study if study is not None else find_study(root), tensorboard=tensorboard)
+    except ResexpError as e:
+        _fail(e, False)
+    print_report(result)
+
+
+def main() -> None:
+    """Entry point of the ``resexp`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

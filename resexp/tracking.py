@@ -1,0 +1,276 @@
+"""What a run leaves on disk, and what it shows while it runs.
+
+A run directory (``outputs/<name>/<arch>-<depth>/seed<k>/``) holds:
+
+    config.yaml         the resolved config
+    metrics.jsonl       one JSON object per evaluation (the curves of He et al. 2015, Figure 6)
+    summary.json        final errors, status, speed, device, versions
+    events.out.tfevents.*   the same curves for TensorBoard (x-axis: iteration)
+    checkpoint.pt       the latest checkpoint (checkpoint.prev.pt: the one before)
+    train.log           the log lines, with time stamps
+
+Every file that a later step reads back is written atomically (temporary file, flush to disk,
+rename), so a crash or a full disk during a write leaves the previous version intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resexp.errors import ResexpError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, fsync it, then rename.
+
+    The temporary name has no "tfevents" in it, so a live TensorBoard never reads a half file,
+    and the file gets the permissions the umask allows (mkstemp alone would make it 0600).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".resexp-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
+
+
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None if it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl file; a torn last line (a crash mid-write) is skipped."""
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+class CheckpointError(ResexpError):
+    """A checkpoint exists but cannot be read."""
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    """Write ``state`` as the run's checkpoint, keeping the previous one as a fallback.
+
+    The new file is complete on disk before it replaces anything, so a crash or a full disk at
+    any point leaves at least one readable checkpoint.
+    """
+    path = run_dir / CHECKPOINT
+    atomic_write(path.with_suffix(".new"), lambda f: torch.save(state, f), binary=True)
+    if path.exists():
+        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
+    os.replace(path.with_suffix(".new"), path)
+
+
+def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
+    """The newest readable checkpoint of a run, or None if it has none.
+
+    An unreadable newest checkpoint is left in place for inspection (never deleted); the previous
+    one is used when it is readable, else the run stops with a message saying what to do.
+    """
+    candidates = [run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT]
+    if not candidates[0].exists() and (run_dir / (CHECKPOINT[:-3] + ".new")).exists():
+        # Killed between the two renames of save_checkpoint: the .new file is the latest.
+        candidates.insert(0, run_dir / (CHECKPOINT[:-3] + ".new"))
+    broken = []
+    for path in candidates:
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+            if not isinstance(state, dict) or "iteration" not in state:
+                raise ValueError("not a resexp checkpoint")
+        except Exception as e:  # torch raises many kinds on a truncated or foreign file
+            log.warning("checkpoint %s is unreadable (%s); it is kept as it is", path, _short(e))
+            broken.append(path)
+            continue
+        if broken:
+            log.warning("resuming from the older checkpoint %s instead", path)
+        return state
+    if broken:
+        raise CheckpointError(
+            f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in broken)} "
+            "could not be read and are kept for inspection). To start this run over, add "
+            "restart=true (the old directory is kept under a new name), or choose another name=."
+        )
+    return None
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
+
+
+# ----------------------------------------------------------------------------------------------
+# The run's curves: metrics.jsonl and TensorBoard
+
+
+class Tracker:
+    """Writes a run's curves to metrics.jsonl and TensorBoard.
+
+    A resumed run passes the checkpoint's ``history``: rows of metrics.jsonl after it are
+    dropped, and TensorBoard is told to discard events after its last row (``purge_step``), so a
+    resumed curve has no duplicate or stale points.
+    """
+
+    def __init__(self, run_dir: Path, history: list[dict] | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.rows: list[dict] = list(history or [])
+        # Rewrite the file from the checkpoint's own history: rows logged after the checkpoint
+        # by an interrupted process are stale and must not stay.
+        atomic_write(
+            self.metrics_path, lambda f: f.writelines(json.dumps(r) + "\n" for r in self.rows)
+        )
+        last = self.rows[-1]["iteration"] if self.rows else 0
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=last + 1)
+
+    def log_eval(self, row: dict) -> None:
+        """Record one evaluation: ``row`` has iteration, errors (%), losses and lr."""
+        self.rows.append(row)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        step = row["iteration"]
+        for key, tag in (
+            ("train_error", "error/train"),
+            ("test_error", "error/test"),
+            ("train_loss", "loss/train"),
+            ("test_loss", "loss/test"),
+            ("lr", "lr"),
+            ("images_per_second", "speed/images_per_second"),
+        ):
+            if row.get(key) is not None and math.isfinite(row[key]):
+                self.writer.add_scalar(tag, row[key], step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress: a live bar in a terminal, one plain line per evaluation elsewhere
+
+
+class Progress:
+    """Shows a run's progress: ``mode`` is bar, lines, none or auto (bar on a terminal)."""
+
+    def __init__(self, label: str, total: int, start: int = 0, mode: str = "auto"):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        if mode not in ("bar", "lines", "none"):
+            raise ValueError(f"progress must be auto, bar, lines or none, not {mode!r}")
+        self.label, self.total, self.mode = label, total, mode
+        self.start_iteration, self.start_time = start, time.perf_counter()
+        self._bar = None
+        if mode == "bar":
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+                transient=False,
+            )
+            self._task = self._bar.add_task(label, total=total, completed=start, status="")
+            self._bar.start()
+
+    def advance(self, iteration: int) -> None:
+        """Move the bar to ``iteration`` (cheap: no device synchronisation)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=iteration)
+
+    def report(self, row: dict) -> None:
+        """Show the latest evaluation (one line in lines mode, the bar's status otherwise)."""
+        it = row["iteration"]
+        status = f"train {row['train_error']:.2f}%  test {row['test_error']:.2f}%  lr {row['lr']:g}"
+        if self._bar is not None:
+            self._bar.update(self._task, completed=it, status=status)
+        elif self.mode == "lines":
+            elapsed = time.perf_counter() - self.start_time
+            done = max(it - self.start_iteration, 1)
+            eta = elapsed / done * (self.total - it)
+            log.info(
+                "%s  it %d/%d (%d%%)  %s  %.0f img/s  eta %s",
+                self.label,
+                it,
+                self.total,
+                100 * it // self.total,
+                status,
+                row.get("images_per_second") or 0.0,
+                format_seconds(eta),
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def format_seconds(seconds: float) -> str:
+    """1:02:03 for hours, 2:03 for minutes."""
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

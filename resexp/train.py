@@ -1,0 +1,669 @@
+"""The training loop of He et al. 2015, section 4.2: ``fit(cfg) -> summary``.
+
+SGD with momentum 0.9 and weight decay 1e-4 on mini-batches of 128, lr 0.1 divided by 10 at 32k and
+48k iterations, stop at 64k; the whole test set evaluated about once an epoch. Training error is
+the error on the training mini-batches since the last evaluation (the thin curves of Figure 6),
+test error the error on the whole test set (the bold ones).
+
+The data set lives on the training device as uint8 tensors and is augmented there a batch at a
+time (see data.py). Metrics stay on the device between evaluations, so a step never waits for
+the host. Every evaluation writes a checkpoint; re-running the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from resexp.data import ImageData, TrainBatches, eval_batches, load_data, mean_std
+from resexp.errors import ConfigError, ResexpError
+from resexp.models import build_model, count_parameters
+from resexp.tracking import (
+    Progress,
+    Tracker,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between an interrupted run and its resumption without changing the
+# experiment: where and how fast it runs, and how it reports.
+HARMLESS_KEYS = {
+    "device",
+    "precision",
+    "channels_last",
+    "compile",
+    "threads",
+    "progress",
+    "restart",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, precision, seeds
+
+
+def select_device(name: str) -> torch.device:
+    """``auto``: CUDA, else Apple's MPS, else the CPU; any other name is checked, not trusted."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={name} was asked for, but this machine has no usable CUDA device "
+            f"(torch {torch.__version__}). Use device=auto or device=cpu."
+        )
+    if (
+        device.type == "cuda"
+        and device.index is not None
+        and device.index >= torch.cuda.device_count()
+    ):
+        raise ConfigError(f"device={name}: there are only {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device=mps was asked for, but MPS is not available here")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto`` means bf16 on CUDA only."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    raise ConfigError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def random_states() -> dict:
+    """Python's, NumPy's and torch's global random states (for an exact resume)."""
+    states = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule
+
+
+def lr_at(iteration: int, schedule: Any, warming_up: bool = False) -> float:
+    """The learning rate at ``iteration``: divided by ``gamma`` at each milestone fraction."""
+    if warming_up:
+        return schedule.warmup.lr
+    drops = sum(iteration >= round(m * schedule.iterations) for m in schedule.milestones)
+    return schedule.lr * schedule.gamma**drops
+
+
+# ----------------------------------------------------------------------------------------------
+# One step
+
+
+def make_optimizer(model: torch.nn.Module, schedule: Any) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on every parameter (He et al. 2015, sec. 4.2)."""
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=schedule.lr,
+        momentum=schedule.momentum,
+        weight_decay=schedule.weight_decay,
+    )
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp_dtype: torch.dtype | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step; returns the batch's mean loss and its number of errors, on the device."""
+    with _autocast(x.device, amp_dtype):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach().float(), (out.detach().argmax(1) != y).sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int,
+    amp_dtype: torch.dtype | None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    should_stop: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """Error (%) and mean loss on a whole set, the single original view of each image.
+
+    ``should_stop`` is called between batches and may raise to abandon the evaluation.
+    """
+    was_training = model.training
+    model.eval()
+    errors = torch.zeros((), device=x.device, dtype=torch.long)
+    loss = torch.zeros((), device=x.device)
+    try:
+        for xb, yb in eval_batches(x, y, batch_size, mean, std, memory_format=memory_format):
+            if should_stop is not None:
+                should_stop()
+            with _autocast(x.device, amp_dtype):
+                out = model(xb)
+            errors += (out.argmax(1) != yb).sum()
+            loss += F.cross_entropy(out.float(), yb, reduction="sum")
+    finally:
+        model.train(was_training)
+    n = len(y)
+    return 100.0 * errors.item() / n, loss.item() / n
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory: fresh, resumed, or refused
+
+
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """Check the run directory against ``cfg``; return the checkpoint to resume from, if any.
+
+    A directory whose checkpoint was made with another config is refused, naming the keys, unless
+    ``restart=true``: then the old directory is renamed (never deleted) and the run starts over.
+    """
+    state = load_checkpoint(run_dir) if not cfg.restart else None
+    saved = state["config"] if state else _read_saved_config(run_dir)
+    if saved is not None and not cfg.restart:
+        differing = config_differences(saved, OmegaConf.to_container(cfg, resolve=True))
+        if differing:
+            raise ConfigError(
+                f"{run_dir} holds a run made with another config (differs in: "
+                f"{', '.join(differing)}). Choose another name= for a new experiment, or add "
+                "restart=true to start this one over (the old directory is kept, renamed)."
+            )
+    if cfg.restart and run_dir.exists() and any(run_dir.iterdir()):
+        kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(run_dir, kept)
+        log.info("restart=true: the previous run is kept in %s", kept)
+    return state
+
+
+def _read_saved_config(run_dir: Path) -> dict | None:
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:
+        return None
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs, ignoring harmless keys."""
+    differing = []
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if not prefix and key in HARMLESS_KEYS:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differing += config_differences(a, b, prefix=f"{dotted}.")
+        elif a != b:
+            differing.append(dotted)
+    return differing
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopping cleanly: signals, one process per run, counters to carry across a resume
+
+# Exit statuses of `resexp train` besides 0 (completed), 1 (crashed) and 2 (bad input):
+EXIT_DIVERGED = 3  # the loss became NaN or infinite; summary.json says at which iteration
+EXIT_INTERRUPTED = 75  # sysexits' EX_TEMPFAIL: stopped on request, checkpoint saved, run again
+
+
+class StopRequested(Exception):
+    """SIGTERM or SIGINT arrived: save a checkpoint and exit with EXIT_INTERRUPTED."""
+
+
+class SignalGuard:
+    """Turns SIGTERM and SIGINT into a request to stop at the next step (a checkpoint is saved).
+
+    A second SIGINT (Ctrl-C twice) stops at once. Only the main thread can own signal handlers;
+    elsewhere (a thread pool) the guard does nothing and the default behaviour stays.
+    """
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the second Ctrl-C: no more waiting
+        self.requested = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint, then stopping", self.requested)
+
+    def check(self) -> None:
+        if self.requested:
+            raise StopRequested(self.requested)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on a run; a second process on the same run is refused at once.
+
+    The lock is an OS file lock beside the run directory (it survives ``restart=true`` renaming
+    the directory), released by the OS when its process dies, so a crash never leaves it stuck.
+    """
+    from filelock import FileLock, Timeout
+
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir.parent / f".{run_dir.name}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ConfigError(
+            f"another process is already training {run_dir}; wait for it to finish, "
+            "or stop it (it saves a checkpoint on Ctrl-C or SIGTERM) and run this again"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+class Counters:
+    """Training error, loss and divergence since the last evaluation, kept on the device.
+
+    Adding to them costs no host synchronisation; they are read at evaluations and warm-up
+    checks. They are part of the checkpoint, so a run stopped between evaluations resumes exactly.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.errors = torch.zeros((), device=device, dtype=torch.long)
+        self.loss = torch.zeros((), device=device)
+        self.seen = 0
+        self.warm_errors = torch.zeros((), device=device, dtype=torch.long)
+        self.warm_seen = 0
+        # The first iteration whose loss was not finite (-1: none yet).
+        self.bad_at = torch.full((), -1, device=device, dtype=torch.long)
+
+    def add(self, iteration: int, loss: torch.Tensor, wrong: torch.Tensor, n: int) -> None:
+        self.errors += wrong
+        self.loss += loss * n
+        self.seen += n
+        self.warm_errors += wrong
+        self.warm_seen += n
+        first = (self.bad_at < 0) & ~torch.isfinite(loss)
+        self.bad_at.copy_(torch.where(first, iteration, self.bad_at))
+
+    def take_train(self) -> tuple[float, float]:
+        """Training error (%) and mean loss since the last call; resets them."""
+        error = 100.0 * self.errors.item() / max(self.seen, 1)
+        loss = self.loss.item() / max(self.seen, 1)
+        self.errors.zero_()
+        self.loss.zero_()
+        self.seen = 0
+        return error, loss
+
+    def take_warmup(self) -> float:
+        error = 100.0 * self.warm_errors.item() / max(self.warm_seen, 1)
+        self.warm_errors.zero_()
+        self.warm_seen = 0
+        return error
+
+    def state_dict(self) -> dict:
+        return {k: v.clone() if torch.is_tensor(v) else v for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            current = getattr(self, key)
+            if torch.is_tensor(current):
+                current.copy_(value)
+            else:
+                setattr(self, key, value)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def fit(cfg: DictConfig) -> dict:
+    """Train the network ``cfg`` describes; write its run directory; return its summary.
+
+    Raises StopRequested after saving a checkpoint when SIGTERM/SIGINT arrives (the CLI exits
+    with EXIT_INTERRUPTED); re-running the same config resumes, bit for bit on the CPU.
+    """
+    run_dir = Path(cfg.run_dir)
+    device = select_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg.precision, device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    channels_last = cfg.channels_last == "true" or (
+        cfg.channels_last == "auto" and device.type == "cuda"
+    )
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    # Build the model first: a bad depth is refused before anything is written.
+    seed_everything(cfg.seed)
+    try:
+        model = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+    # From here on, SIGTERM/SIGINT ask for a clean stop instead of killing the process.
+    with SignalGuard() as guard, run_lock(run_dir):
+        state = prepare_run_dir(cfg, run_dir)
+        previous = read_json(run_dir / "summary.json")
+        if previous and previous.get("status") == "completed":
+            log.info("%s is already completed (summary.json); nothing to do", run_dir)
+            return previous
+        data = load_data(cfg.data)
+        log.info("data: %s", data.description)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        model = model.to(device=device, memory_format=memory_format)
+        guard.check()
+        return _train(cfg, run_dir, model, data, state, guard, device, amp_dtype, memory_format)
+
+
+def _train(
+    cfg: DictConfig,
+    run_dir: Path,
+    model: torch.nn.Module,
+    data: ImageData,
+    state: dict | None,
+    guard: SignalGuard,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    memory_format: torch.memory_format,
+) -> dict:
+    data = data.to(device)
+    mean, std = mean_std(data.train_x, cfg.data.normalize)
+    step_model = torch.compile(model) if cfg.compile else model
+    sched = cfg.schedule
+    optimizer = make_optimizer(model, sched)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed)
+    batches = TrainBatches(
+        data.train_x,
+        data.train_y,
+        sched.batch_size,
+        mean,
+        std,
+        generator,
+        memory_format=memory_format,
+    )
+    counters = Counters(device)
+
+    iteration, history, wall_before, eval_pending = 0, [], 0.0, False
+    warming_up = bool(sched.warmup.enabled)
+    lr = lr_at(0, sched, warming_up)  # the lr of the latest step, reported at evaluations
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["batches"])
+        counters.load_state_dict(state["counters"])
+        set_random_states(state["random"])
+        iteration, history = state["iteration"], state["metrics"]
+        wall_before, warming_up = state["wall_seconds"], state["warming_up"]
+        eval_pending, lr = state["eval_pending"], state["lr"]
+        log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, iteration)
+
+    label = f"{run_dir.parent.name}/{run_dir.name}"
+    log.info(
+        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s%s",
+        label,
+        cfg.depth,
+        "residual" if cfg.residual else "plain",
+        count_parameters(model),
+        sched.iterations,
+        sched.batch_size,
+        device,
+        f" ({amp_dtype})".replace("torch.", "") if amp_dtype else "",
+    )
+    tracker = Tracker(run_dir, history)
+    progress = Progress(label, sched.iterations, iteration, cfg.progress)
+    t0 = time.perf_counter()
+
+    def checkpoint(pending: bool) -> None:
+        try:
+            save_checkpoint(
+                run_dir,
+                {
+                    "iteration": iteration,
+                    "eval_pending": pending,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "batches": batches.state_dict(),
+                    "counters": counters.state_dict(),
+                    "random": random_states(),
+                    "metrics": tracker.rows,
+                    "warming_up": warming_up,
+                    "lr": lr,
+                    "wall_seconds": wall_before + time.perf_counter() - t0,
+                    "config": OmegaConf.to_container(cfg, resolve=True),
+                },
+            )
+        except OSError as e:
+            raise ResexpError(
+                f"could not write a checkpoint in {run_dir} ({e.strerror or e}); the previous "
+                "checkpoint is intact. Free some disk space and run the same command to resume."
+            ) from None
+
+    status, diverged_at = "completed", None
+    train_time, images, tick = 0.0, 0, time.perf_counter()
+    model.train()
+    try:
+        while True:
+            if eval_pending:  # the end of an evaluation interval (or of the run)
+                train_time += time.perf_counter() - tick
+                bad_at = int(counters.bad_at.item())
+                if bad_at >= 0:
+                    status, diverged_at = "diverged", bad_at + 1
+                    log.error(
+                        "%s: the training loss is not finite at iteration %d; stopping "
+                        "(status diverged). The last good checkpoint is kept.",
+                        label,
+                        diverged_at,
+                    )
+                    break
+                train_error, train_loss = counters.take_train()
+                test_error, test_loss = evaluate(
+                    step_model,
+                    data.test_x,
+                    data.test_y,
+                    mean,
+                    std,
+                    sched.eval_batch_size,
+                    amp_dtype,
+                    memory_format,
+                    should_stop=guard.check,
+                )
+                row = {
+                    "iteration": iteration,
+                    "train_error": train_error,
+                    "train_loss": train_loss,
+                    "test_error": test_error,
+                    "test_loss": test_loss,
+                    "lr": lr,
+                    "images_per_second": images / max(train_time, 1e-9) if images else None,
+                    "wall_seconds": wall_before + time.perf_counter() - t0,
+                }
+                tracker.log_eval(row)
+                progress.report(row)
+                eval_pending = False
+                checkpoint(pending=False)
+                train_time, images, tick = 0.0, 0, time.perf_counter()
+            if iteration >= sched.iterations:
+                break
+            guard.check()
+
+            lr = lr_at(iteration, sched, warming_up)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = batches.next()
+            loss, wrong = train_step(step_model, optimizer, x, y, amp_dtype)
+            counters.add(iteration, loss, wrong, len(y))
+            iteration += 1
+            images += len(y)
+            if warming_up and iteration % sched.warmup.check_every == 0:
+                warm_error = counters.take_warmup()
+                if warm_error < sched.warmup.until_train_error or (
+                    iteration >= sched.warmup.max_iterations
+                ):
+                    warming_up = False
+                    log.info(
+                        "warm-up over at iteration %d (training error %.1f%%): lr %g",
+                        iteration,
+                        warm_error,
+                        sched.lr,
+                    )
+            progress.advance(iteration)
+            eval_pending = iteration % sched.eval_every == 0 or iteration == sched.iterations
+    except StopRequested:
+        # Between two steps, or inside an evaluation: the counters and the data order are
+        # exactly where they were, so the checkpoint resumes bit for bit.
+        checkpoint(pending=eval_pending)
+        status = "interrupted"
+        raise
+    finally:
+        progress.close()
+        tracker.close()
+        if status != "completed" or iteration >= sched.iterations:
+            _write_summary(
+                cfg,
+                run_dir,
+                model,
+                data,
+                device,
+                amp_dtype,
+                tracker.rows,
+                status,
+                diverged_at,
+                wall_before + time.perf_counter() - t0,
+                iteration,
+            )
+    return read_json(run_dir / "summary.json")
+
+
+def _write_summary(
+    cfg: DictConfig,
+    run_dir: Path,
+    model: torch.nn.Module,
+    data: ImageData,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    rows: list[dict],
+    status: str,
+    diverged_at: int | None,
+    wall: float,
+    iteration: int,
+) -> None:
+    last = rows[-1] if rows else {}
+    speeds = [r["images_per_second"] for r in rows if r.get("images_per_second")]
+    summary = {
+        "name": cfg.name,
+        "arch": run_dir.parent.name,
+        "depth": cfg.depth,
+        "residual": cfg.residual,
+        "shortcut": cfg.shortcut,
+        "block": cfg.block,
+        "seed": cfg.seed,
+        "params": count_parameters(model),
+        "iterations": iteration,
+        "planned_iterations": cfg.schedule.iterations,
+        "batch_size": cfg.schedule.batch_size,
+        "train_error": last.get("train_error"),
+        "test_error": last.get("test_error"),
+        "train_loss": last.get("train_loss"),
+        "test_loss": last.get("test_loss"),
+        "evaluated_at": last.get("iteration"),
+        "best_test_error": min((r["test_error"] for r in rows), default=None),
+        "status": status,
+        "diverged_at_iteration": diverged_at,
+        "wall_seconds": wall,
+        "images_per_second": float(np.median(speeds)) if speeds else None,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "torch_version": torch.__version__,
+        "data": data.description,
+    }
+    write_json(run_dir / "summary.json", summary)
+    log.info(
+        "%s/%s %s: train error %s%%, test error %s%% at iteration %s (%.0f s) -> %s",
+        run_dir.parent.name,
+        run_dir.name,
+        status,
+        _fmt(summary["train_error"]),
+        _fmt(summary["test_error"]),
+        summary["evaluated_at"],
+        wall,
+        run_dir,
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -1,0 +1,69 @@
+"""End to end, as a user types it: `resexp train ...` in a fresh process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import TINY, run_cli
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("residual,arch", [("false", "plain-20"), ("true", "resnet-20")])
+def test_train_synthetic_smoke_run(tmp_path, residual, arch):
+    result = run_cli("train", "depth=20", f"residual={residual}", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "outputs" / "default" / arch / "seed0"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params"] == 269_722
+    assert summary["status"] == "completed"
+    assert summary["residual"] is (residual == "true")
+    # One plain line per evaluation when the output is not a terminal.
+    assert result.stderr.count("it 20/60") == 1 and "it 60/60" in result.stderr
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    train = [e.value for e in events.Scalars("error/train")]
+    assert len(train) == 3 and train[-1] < train[0]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("depth=21", "6n+2"),
+        ("dept=20", "Could not override 'dept'"),
+        ("depth=abc", "could not be converted to Integer"),
+        ("data=folder", "data.root=PATH"),
+        ("shortcut=C", "shortcut=C is not one of"),
+    ],
+)
+def test_bad_input_is_a_short_error(tmp_path, override, message):
+    result = run_cli("train", override, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing written for a refused command
+
+
+def test_missing_data_root_is_a_clear_error(tmp_path):
+    result = run_cli(
+        "train", "data=folder", f"data.root={tmp_path / 'nowhere'}", "device=cpu", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cfg_job_prints_the_config(tmp_path):
+    result = run_cli("train", "depth=56", "residual=false", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "depth: 56" in result.stdout and "residual: false" in result.stdout
+    assert "lr: 0.1" in result.stdout
+
+
+def test_help_lists_the_choices(tmp_path):
+    result = run_cli("train", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert (
+        "data=cifar10|folder|synthetic" in result.stdout and "residual=true|false" in result.stdout
+    )

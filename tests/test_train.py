@@ -1,0 +1,149 @@
+"""The training loop: the paper's schedule, a run's outputs, and what re-running does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from resexp.errors import ConfigError
+from resexp.train import config_differences, fit, lr_at, select_device
+from tests.conftest import TINY
+
+
+def test_paper_schedule_drops_lr_at_32k_and_48k(compose_cfg):
+    sched = compose_cfg().schedule
+    assert sched.iterations == 64_000 and sched.batch_size == 128
+    assert sched.momentum == 0.9 and sched.weight_decay == 1e-4
+    assert lr_at(0, sched) == 0.1
+    assert lr_at(31_999, sched) == 0.1
+    assert lr_at(32_000, sched) == pytest.approx(0.01)
+    assert lr_at(47_999, sched) == pytest.approx(0.01)
+    assert lr_at(48_000, sched) == pytest.approx(0.001)
+    assert lr_at(63_999, sched) == pytest.approx(0.001)
+
+
+def test_shorter_schedule_moves_the_drops_along(compose_cfg):
+    sched = compose_cfg("schedule.iterations=8000").schedule
+    assert lr_at(3_999, sched) == 0.1
+    assert lr_at(4_000, sched) == pytest.approx(0.01)
+    assert lr_at(6_000, sched) == pytest.approx(0.001)
+    assert compose_cfg("schedule=short").schedule.iterations == 8000
+
+
+def test_warmup_holds_lr_at_0_01():
+    sched = type("S", (), {"warmup": type("W", (), {"lr": 0.01})()})()
+    assert lr_at(10, sched, warming_up=True) == 0.01
+
+
+def test_auto_device_is_cpu_without_accelerators():
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("this machine has an accelerator")
+    assert select_device("auto").type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"no usable CUDA device.*device=cpu"):
+        select_device("cuda")
+
+
+def test_config_differences_ignore_device_but_not_depth():
+    old = {"depth": 20, "device": "cpu", "schedule": {"lr": 0.1, "iterations": 10}}
+    new = {"depth": 56, "device": "cuda", "schedule": {"lr": 0.1, "iterations": 20}}
+    assert config_differences(old, new) == ["depth", "schedule.iterations"]
+
+
+def test_fit_writes_a_complete_run_and_learns(compose_cfg):
+    cfg = compose_cfg(*TINY, "residual=false")
+    summary = fit(cfg)
+    run_dir = Path(cfg.run_dir)
+    assert run_dir.parts[-3:] == ("default", "plain-20", "seed0")
+    assert summary["params"] == 269_722  # He et al. 2015, Table 6: 0.27M
+    assert summary["status"] == "completed" and summary["iterations"] == 60
+    assert summary["residual"] is False and summary["depth"] == 20
+    for key in (
+        "train_error",
+        "test_error",
+        "wall_seconds",
+        "images_per_second",
+        "device",
+        "torch_version",
+    ):
+        assert summary[key] is not None, key
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoint.pt").exists()
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [20, 40, 60]
+    assert set(rows[0]) >= {
+        "iteration",
+        "train_error",
+        "test_error",
+        "train_loss",
+        "test_loss",
+        "lr",
+    }
+    # A short run on learnable data: the training error falls, the test error beats chance (90%).
+    assert rows[-1]["train_error"] < rows[0]["train_error"]
+    assert rows[-1]["test_error"] < 80
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("error/train", "error/test", "loss/train", "loss/test", "lr"):
+        assert tag in tags
+    assert [e.step for e in events.Scalars("error/test")] == [20, 40, 60]
+
+
+def test_completed_run_is_not_trained_again(compose_cfg):
+    cfg = compose_cfg(*TINY, "depth=8", "schedule.iterations=20")
+    first = fit(cfg)
+    mtime = (Path(cfg.run_dir) / "checkpoint.pt").stat().st_mtime_ns
+    assert fit(cfg) == first
+    assert (Path(cfg.run_dir) / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+def test_changed_config_is_refused_and_restart_keeps_the_old_run(compose_cfg):
+    fit(compose_cfg(*TINY, "depth=8", "schedule.iterations=20"))
+    changed = compose_cfg(*TINY, "depth=8", "schedule.iterations=20", "schedule.lr=0.05")
+    with pytest.raises(ConfigError, match=r"schedule\.lr.*name=.*restart=true"):
+        fit(changed)
+    summary = fit(
+        compose_cfg(*TINY, "depth=8", "schedule.iterations=20", "schedule.lr=0.05", "restart=true")
+    )
+    assert summary["status"] == "completed"
+    kept = list(Path(changed.run_dir).parent.glob("seed0.old-*"))
+    assert len(kept) == 1 and (kept[0] / "summary.json").exists()
+
+
+def test_warmup_returns_to_the_full_lr(compose_cfg):
+    # The ResNet-110 recipe: 0.01 until the training error is below a threshold, then 0.1.
+    # (akamaster/pytorch_resnet_cifar10 issue 21: a warm-up that never gives the lr back.)
+    cfg = compose_cfg(
+        *TINY,
+        "depth=8",
+        "schedule.iterations=20",
+        "schedule.eval_every=5",
+        "schedule.warmup.enabled=true",
+        "schedule.warmup.check_every=5",
+        "schedule.warmup.until_train_error=95",
+    )
+    fit(cfg)
+    metrics = (Path(cfg.run_dir) / "metrics.jsonl").read_text().splitlines()
+    lrs = [json.loads(line)["lr"] for line in metrics]
+    assert lrs[:2] == [0.01, 0.1]  # warm-up for the first check, then the paper's lr
+
+
+def test_diverging_run_stops_with_status_diverged(compose_cfg):
+    cfg = compose_cfg(*TINY, "depth=8", "schedule.lr=1e6")
+    summary = fit(cfg)
+    assert summary["status"] == "diverged"
+    # The exact iteration is recorded (found on the device, without a sync per step) ...
+    assert 1 <= summary["diverged_at_iteration"] <= 20
+    # ... and no evaluation row or checkpoint holds the NaN weights.
+    assert not (Path(cfg.run_dir) / "checkpoint.pt").exists()
+    assert (Path(cfg.run_dir) / "metrics.jsonl").read_text() == ""

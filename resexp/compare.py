@@ -1,0 +1,1104 @@
+"""A study's runs side by side: He et al. 2015, Figure 6, with the numbers behind it.
+
+A study is a folder of runs, ``<study>/<arch>-<depth>/seed<k>/`` (``resexp sweep`` writes
+``outputs/degradation/``). ``compare(study)`` reads every run and writes beside them:
+
+    figure6.png, figure6.pdf   plain nets left, residual nets right; training error thin dashed,
+                               test error bold; one colour per depth; the mean over seeds with a
+                               min-max band (He et al. 2015, Figure 6)
+    results.csv, results.md    one row per network: final errors (mean ± std over seeds), the
+                               published value beside it with its source, and the verdict
+    events.out.tfevents.0000000000.resexp-compare   in each run's own folder: a custom-scalars
+                               layout (Figure 6 as TensorBoard charts) and the run's hparams, so
+                               ``tensorboard --logdir <study>`` tells the same story
+
+The verdict asks the paper's questions of the final values (the last evaluation, averaged over
+seeds): does the deeper plain net train worse (the degradation problem), does the deeper ResNet
+test better, and does each ResNet beat its plain twin. Runs still in progress count with the
+values they have so far and are marked; diverged and failed runs are listed and left out.
+
+References: ResNets from the paper's Table 6; plain nets, which the paper shows only as curves,
+from public reproductions (nabla0001/resnet, a-martyn/resnet; see PAPERS.md).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import math
+import re
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from resexp.errors import ResexpError
+from resexp.tracking import atomic_write, read_json, read_metrics
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from rich.console import Console
+    from rich.table import Table
+
+PAPER_ITERATIONS = 64_000  # He et al. 2015, sec. 4.2: training stops at 64k iterations
+GRID_DEPTHS = (20, 32, 44, 56)  # He et al. 2015, Figure 6 (110 is shown for ResNets only)
+RUN_DIR = re.compile(r"seed(\d+)")  # restart=true keeps old runs as seedK.old-<time>: not matched
+# Early in the sort order on purpose: TensorBoard reads a run's event files in name order and
+# assumes older files never change, so a newer-named file here would stop a live TensorBoard
+# from following a run that is still training.
+EVENTS_NAME = "events.out.tfevents.0000000000.resexp-compare"
+EVENTS_GLOB = "events.out.tfevents.*.resexp-compare"
+Status = Literal["PASS", "FAIL", "n.a."]
+
+
+# ----------------------------------------------------------------------------------------------
+# Published values
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A published test error (%) to set beside a network's."""
+
+    test_error: float
+    std: float | None
+    source: str
+
+
+_TABLE6 = "He et al. 2015, Table 6"
+_NABLA = "nabla0001/resnet (mean of 5 runs, 64k it.)"
+_MARTYN = "a-martyn/resnet (best epoch)"
+REFERENCES: dict[str, Reference] = {
+    "resnet-20": Reference(8.75, None, _TABLE6),
+    "resnet-32": Reference(7.51, None, _TABLE6),
+    "resnet-44": Reference(7.17, None, _TABLE6),
+    "resnet-56": Reference(6.97, None, _TABLE6),
+    "resnet-110": Reference(6.43, None, f"{_TABLE6} (best of 5; mean 6.61 ± 0.16)"),
+    "resnet-1202": Reference(7.93, None, _TABLE6),
+    # The paper gives plain nets as curves only (Figure 6).
+    "plain-20": Reference(9.78, 0.13, _NABLA),
+    "plain-32": Reference(9.92, None, _MARTYN),
+    "plain-44": Reference(11.35, None, _MARTYN),
+    "plain-56": Reference(12.95, 0.22, _NABLA),
+    "preact-110": Reference(6.37, None, "He et al. 2016, Identity Mappings, Table 3"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass
+class Run:
+    """One training run as found on disk."""
+
+    path: Path
+    arch: str  # the folder name: plain-56, resnet-56, preact-110, plain-preact-110, ...
+    depth: int
+    residual: bool
+    block: str
+    shortcut: str
+    seed: int
+    status: str  # completed | diverged | failed | interrupted | partial (no summary.json yet)
+    rows: list[dict] = field(repr=False)
+    summary: dict | None = field(repr=False)
+    params: int | None = None
+    planned_iterations: int | None = None
+    data: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}/{self.path.name}"
+
+    @property
+    def curve(self) -> list[dict]:
+        """The evaluations with finite errors (a diverged run's last rows may hold NaN)."""
+        return [
+            r for r in self.rows if _finite(r.get("train_error")) and _finite(r.get("test_error"))
+        ]
+
+    @property
+    def final(self) -> dict | None:
+        """The last evaluation: iteration, train_error, test_error (%); None if there is none."""
+        curve = self.curve
+        if curve:
+            return curve[-1]
+        s = self.summary or {}
+        if _finite(s.get("train_error")) and _finite(s.get("test_error")):
+            keys = ("train_error", "test_error")
+            return {"iteration": s.get("iterations") or 0, **{k: s[k] for k in keys}}
+        return None
+
+    @property
+    def iterations(self) -> int:
+        final = self.final
+        return int(final["iteration"]) if final else 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether its numbers may count: not diverged or failed, and evaluated at least once."""
+        return self.status not in ("diverged", "failed") and self.final is not None
+
+    def describe(self) -> str:
+        """One line: what state the run is in, and how far it got."""
+        planned = f" of {self.planned_iterations:,}" if self.planned_iterations else ""
+        what = self.status
+        if what == "partial":
+            what = "partial (no summary.json: still running, or stopped before the end)"
+        return f"{self.name}: {what}, at iteration {self.iterations:,}{planned}"
+
+
+def find_study(root: Path = Path("outputs")) -> Path:
+    """The study under ``root`` whose runs changed most recently."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResexpError(
+            f"{root} does not exist: train some runs first (`resexp sweep` runs the whole "
+            "study), or name the study folder to compare."
+        )
+    latest: tuple[float, Path] | None = None
+    for study in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        times = [_mtime(run) for run in run_dirs(study)]
+        if times and (latest is None or max(times) > latest[0]):
+            latest = (max(times), study)
+    if latest is None:
+        raise ResexpError(
+            f"no study under {root}: expected runs at {root}/<study>/<arch>-<depth>/seed<k>/ "
+            "with a metrics.jsonl. Train some first (`resexp sweep` runs the whole study), or "
+            "name the study folder to compare."
+        )
+    return latest[1]
+
+
+def run_dirs(study: Path) -> list[Path]:
+    """The run folders of a study: ``<arch>-<depth>/seed<k>/`` holding metrics or a summary."""
+    if not study.is_dir():
+        return []
+    found = [
+        run
+        for run in study.glob("*/seed*")
+        if RUN_DIR.fullmatch(run.name)
+        and ((run / "metrics.jsonl").exists() or (run / "summary.json").exists())
+    ]
+    return sorted(found, key=lambda p: (p.parent.name, int(p.name[4:])))
+
+
+def load_run(path: Path) -> Run:
+    """Read one run folder; settings come from summary.json, else config.yaml, else the names."""
+    summary = read_json(path / "summary.json")
+    summary = summary if isinstance(summary, dict) else None
+    config = _read_config(path / "config.yaml")
+
+    def setting(key: str, default):
+        for source in (summary, config):
+            if source and source.get(key) is not None:
+                return source[key]
+        return default
+
+    arch = path.parent.name
+    name_depth = re.search(r"-(\d+)$", arch)
+    depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
+    residual = bool(setting("residual", not arch.startswith("plain")))
+    family = arch[: name_depth.start()] if name_depth else arch
+    block = str(
+        setting("block", "basic" if family in ("plain", "resnet") else family.split("-")[-1])
+    )
+    shortcut = str(setting("shortcut", "A"))
+    schedule = (config or {}).get("schedule") or {}
+    planned = (summary or {}).get("planned_iterations") or schedule.get("iterations")
+    data = (summary or {}).get("data") or ((config or {}).get("data") or {}).get("source")
+    params = (summary or {}).get("params") or _count_parameters(depth, residual, shortcut, block)
+    return Run(
+        path=path,
+        arch=arch,
+        depth=depth,
+        residual=residual,
+        block=block,
+        shortcut=shortcut,
+        seed=int(setting("seed", int(path.name[4:]))),
+        status=str(summary.get("status", "completed")) if summary else "partial",
+        rows=read_metrics(path / "metrics.jsonl"),
+        summary=summary,
+        params=params,
+        planned_iterations=int(planned) if planned else None,
+        data=str(data) if data else None,
+    )
+
+
+def load_runs(study: Path) -> list[Run]:
+    """Every run of a study, sorted by network and seed."""
+    study = Path(study)
+    if not study.is_dir():
+        raise ResexpError(f"{study} is not a folder: name a study folder, e.g. outputs/degradation")
+    runs = [load_run(p) for p in run_dirs(study)]
+    if not runs:
+        hint = ""
+        if (study / "metrics.jsonl").exists() or (study / "summary.json").exists():
+            hint = f" {study} is a run folder; its study is {study.parent.parent}."
+        elif any(run_dirs(p) for p in study.iterdir() if p.is_dir()):
+            names = ", ".join(sorted(p.name for p in study.iterdir() if p.is_dir() and run_dirs(p)))
+            hint = f" {study} holds studies ({names}): name one of them."
+        raise ResexpError(
+            f"no runs in {study}: expected {study}/<arch>-<depth>/seed<k>/metrics.jsonl.{hint}"
+        )
+    return runs
+
+
+def _read_config(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # a torn or foreign file: fall back to summary.json and the names
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _count_parameters(depth: int, residual: bool, shortcut: str, block: str) -> int | None:
+    """Parameters of a network without a summary.json yet (a run still in progress)."""
+    try:
+        from resexp.models import build_model, count_parameters
+
+        return count_parameters(build_model(depth, residual, shortcut, block))
+    except Exception:
+        return None
+
+
+def _mtime(run: Path) -> float:
+    times = [f.stat().st_mtime for f in (run / "metrics.jsonl", run / "summary.json") if f.exists()]
+    return max(times, default=0.0)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: runs grouped by architecture, final values over seeds
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (None for one value) and count."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat | None:
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+@dataclass
+class Network:
+    """One row of the results: an architecture and depth, over its seeds."""
+
+    arch: str
+    family: str  # the arch without its depth: plain, resnet, preact, plain-preact, ...
+    depth: int
+    residual: bool
+    block: str
+    runs: list[Run] = field(repr=False)  # every run found
+    used: list[Run] = field(repr=False)  # the runs behind the numbers and the curves
+    train_error: Stat | None = None
+    test_error: Stat | None = None
+    reference: Reference | None = None
+
+    @property
+    def label(self) -> str:
+        """The paper's name: plain-20, ResNet-20 (PreAct-110, Highway-20 for the variants)."""
+        pretty = {"resnet": "ResNet", "preact": "PreAct", "highway": "Highway"}
+        return f"{pretty.get(self.family, self.family)}-{self.depth}"
+
+    @property
+    def preliminary(self) -> bool:
+        """True when the numbers come from runs that have not finished."""
+        return any(r.status != "completed" for r in self.used)
+
+    @property
+    def params(self) -> int | None:
+        return next((r.params for r in self.runs if r.params), None)
+
+    @property
+    def iterations(self) -> list[int]:
+        return sorted({r.iterations for r in self.used})
+
+    @property
+    def status_counts(self) -> str:
+        counts = Counter(r.status for r in self.runs)
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+    @property
+    def twin(self) -> str:
+        """The plain network of the same depth and block (a plain net is its own twin)."""
+        if not self.residual:
+            return self.arch
+        return (
+            f"plain-{self.depth}" if self.block == "basic" else f"plain-{self.block}-{self.depth}"
+        )
+
+
+def group_networks(runs: list[Run]) -> list[Network]:
+    """One Network per architecture: plain nets first, then residual ones, by depth.
+
+    A network's numbers come from its completed runs; when none has completed yet, from the
+    latest values of its runs in progress (the network is then ``preliminary``). Diverged and
+    failed runs never count.
+    """
+    by_arch: dict[str, list[Run]] = {}
+    for run in runs:
+        by_arch.setdefault(run.arch, []).append(run)
+    networks = []
+    for arch, group in by_arch.items():
+        first = group[0]
+        usable = [r for r in group if r.usable]
+        used = [r for r in usable if r.status == "completed"] or usable
+        family = arch.removesuffix(f"-{first.depth}")
+        networks.append(
+            Network(
+                arch=arch,
+                family=family,
+                depth=first.depth,
+                residual=first.residual,
+                block=first.block,
+                runs=group,
+                used=used,
+                train_error=Stat.of([r.final["train_error"] for r in used]),
+                test_error=Stat.of([r.final["test_error"] for r in used]),
+                reference=REFERENCES.get(arch),
+            )
+        )
+    return sorted(
+        networks,
+        key=lambda n: (
+            n.residual,
+            n.family != ("resnet" if n.residual else "plain"),
+            n.family,
+            n.depth,
+        ),
+    )
+
+
+def missing_networks(networks: list[Network]) -> list[str]:
+    """Networks of Figure 6's grid (20/32/44/56 x plain/ResNet) without any run.
+
+    Only asked of studies that hold part of that grid, so a study of other depths or blocks is
+    not told it lacks plain-20.
+    """
+    have = {n.arch for n in networks}
+    grid = [f"{family}-{d}" for family in ("plain", "resnet") for d in GRID_DEPTHS]
+    if not have & set(grid):
+        return []
+    return [arch for arch in grid if arch not in have]
+
+
+# ----------------------------------------------------------------------------------------------
+# The verdict
+
+
+@dataclass(frozen=True)
+class Check:
+    """One question asked of the study, with its answer and the numbers behind it."""
+
+    key: str
+    title: str
+    status: Status
+    detail: str
+    preliminary: bool = False  # some numbers come from runs that have not finished
+
+    @property
+    def result(self) -> str:
+        return f"{self.status}*" if self.preliminary and self.status != "n.a." else self.status
+
+
+@dataclass
+class Verdict:
+    checks: list[Check]
+    degradation: bool | None  # plain nets train worse when deeper (None: not enough runs)
+    fixed: bool | None  # ResNets test better when deeper, and beat their plain twins
+    headline: str
+
+
+def judge(networks: list[Network]) -> Verdict:
+    """Ask the study the questions of He et al. 2015, sec. 4.2, of the final errors.
+
+    For each plain family: (a) the deepest net trains worse than the shallowest (56 vs 20 when
+    both exist): the degradation problem; (b) training error rises at every depth step. For
+    each residual family: (c) the deepest net tests better than the shallowest, as the paper
+    judges it, with training error reported too; (d) each residual net has lower training and
+    test error than its plain twin.
+    """
+    scored = [n for n in networks if n.train_error and n.test_error]
+    # The paper's pair (plain, resnet) always gets its checks, n.a. when absent; other families
+    # (plain-preact, preact, highway) get theirs when the study has them.
+    main_plain, main_residual = _main_family(networks, False), _main_family(networks, True)
+    present = {(n.residual, n.family) for n in networks}
+    families = sorted(present | {(False, main_plain), (True, main_residual)})
+    checks: list[Check] = []
+    for residual, family in families:
+        nets = sorted((n for n in scored if n.family == family), key=lambda n: n.depth)
+        checks += _depth_checks(nets, family, residual)
+    by_arch = {n.arch: n for n in scored}
+    for net in (n for n in scored if n.residual):
+        plain = by_arch.get(net.twin)
+        if plain is None:
+            why = f"no {net.twin} with results to compare with"
+            checks.append(
+                Check(f"twin-{net.arch}", f"{net.label} below its plain twin", "n.a.", why)
+            )
+            continue
+        lower = net.test_error.mean < plain.test_error.mean
+        lower &= net.train_error.mean < plain.train_error.mean
+        numbers = _numbers(net, plain)
+        title = f"{net.label} below {plain.label} (test and training error)"
+        preliminary = net.preliminary or plain.preliminary
+        checks.append(Check(f"twin-{net.arch}", title, _pass(lower), numbers, preliminary))
+
+    def status_of(key: str) -> bool | None:
+        found = [c for c in checks if c.key == key]
+        return None if not found or found[0].status == "n.a." else found[0].status == "PASS"
+
+    degradation = status_of(f"degradation-{main_plain}")
+    twins = [c for c in checks if c.key.startswith(f"twin-{main_residual}-") and c.status != "n.a."]
+    deeper = status_of(f"depth-test-{main_residual}")
+    fixed = None if deeper is None else deeper and all(c.status == "PASS" for c in twins)
+    return Verdict(checks, degradation, fixed, _headline(checks, degradation, fixed))
+
+
+def _main_family(networks: list[Network], residual: bool) -> str:
+    """resnet (or plain), else the first residual (plain) family the study has."""
+    default = "resnet" if residual else "plain"
+    families = [n.family for n in networks if n.residual == residual]
+    return default if default in families or not families else families[0]
+
+
+def _depth_checks(nets: list[Network], family: str, residual: bool) -> list[Check]:
+    """Deepest vs shallowest of one family (56 vs 20 when both are there), and monotonicity."""
+    name = nets[0].label.rsplit("-", 1)[0] if nets else {"resnet": "ResNet"}.get(family, family)
+    if len(nets) < 2:
+        have = ", ".join(n.label for n in nets) or "none"
+        why = f"needs 2 depths of {name} with results (have: {have})"
+        if residual:
+            return [
+                Check(f"depth-test-{family}", f"deeper {name} tests better", "n.a.", why),
+                Check(f"depth-train-{family}", f"deeper {name} trains better", "n.a.", why),
+            ]
+        return [
+            Check(f"degradation-{family}", f"degradation: deeper {name} trains worse", "n.a.", why)
+        ]
+    depths = {n.depth: n for n in nets}
+    paper_pair = 20 in depths and 56 in depths
+    shallow, deep = (depths[20], depths[56]) if paper_pair else (nets[0], nets[-1])
+    numbers = _numbers(deep, shallow)
+    preliminary = shallow.preliminary or deep.preliminary
+    if residual:
+        test_ok = deep.test_error.mean < shallow.test_error.mean
+        train_ok = deep.train_error.mean < shallow.train_error.mean
+        return [
+            Check(f"depth-test-{family}", f"{deep.label} tests better than {shallow.label}",
+                  _pass(test_ok), numbers, preliminary),
+            Check(f"depth-train-{family}", f"{deep.label} trains better than {shallow.label}",
+                  _pass(train_ok), numbers, preliminary),
+        ]  # fmt: skip
+    worse = deep.train_error.mean > shallow.train_error.mean
+    title = f"degradation: {deep.label} trains worse than {shallow.label}"
+    checks = [Check(f"degradation-{family}", title, _pass(worse), numbers, preliminary)]
+    if len(nets) >= 3:
+        errors = [n.train_error.mean for n in nets]
+        rising = all(b > a for a, b in itertools.pairwise(errors))
+        steps = f"{nets[0].depth}: {errors[0]:.2f}" + "".join(
+            f" {'<' if b > a else '>='} {net.depth}: {b:.2f}"
+            for (a, b), net in zip(itertools.pairwise(errors), nets[1:], strict=True)
+        )
+        title = f"{name} training error rises with every depth"
+        preliminary = any(n.preliminary for n in nets)
+        checks.append(Check(f"monotonic-{family}", title, _pass(rising), f"training %: {steps}",
+                            preliminary))  # fmt: skip
+    return checks
+
+
+def _numbers(a: Network, b: Network) -> str:
+    """'training 3.10% vs 1.20%; test ...': the final errors of a and b, mean over seeds."""
+    return (
+        f"training {_pct(a.train_error)} vs {_pct(b.train_error)}; "
+        f"test {_pct(a.test_error)} vs {_pct(b.test_error)}"
+    )
+
+
+def _headline(checks: list[Check], degradation: bool | None, fixed: bool | None) -> str:
+    star = " (* some runs have not finished)" if any(c.preliminary for c in checks) else ""
+    if degradation is None or fixed is None:
+        return "Not enough networks with results for a verdict: see the n.a. checks." + star
+    first = (
+        "the deeper plain net trains worse (degradation)"
+        if degradation
+        else "the deeper plain net does not train worse (no degradation)"
+    )
+    second = (
+        "residual learning fixes it (the deeper ResNet tests better, each ResNet beats its "
+        "plain twin)"
+        if fixed
+        else "residual learning does not fix it here (see the FAIL checks)"
+    )
+    verdict = "Figure 6 reproduced" if degradation and fixed else "Figure 6 not reproduced"
+    return f"{verdict}: {first}; {second}.{star}"
+
+
+def _pass(ok: bool) -> Status:
+    return "PASS" if ok else "FAIL"
+
+
+def _pct(stat: Stat | None) -> str:
+    return "n/a" if stat is None else f"{stat.mean:.2f}%"
+
+
+# ----------------------------------------------------------------------------------------------
+# Figure 6
+
+
+# The paper's colours, roughly: one per depth, the same on both panels.
+DEPTH_COLORS = {20: "#e69f00", 32: "#1f77b4", 44: "#2ca02c", 56: "#d62728", 110: "#000000"}
+EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
+MARKERS = [None, "o", "s", "^", "D"]  # a second block in one panel (preact beside resnet)
+
+
+def depth_colors(depths: list[int]) -> dict[int, str]:
+    extra = iter(EXTRA_COLORS * 10)
+    return {d: DEPTH_COLORS[d] if d in DEPTH_COLORS else next(extra) for d in sorted(set(depths))}
+
+
+def mean_curve(runs: list[Run]) -> tuple[list[int], dict[str, tuple[list[float], ...]]]:
+    """Iterations common to all seeds, and per error kind the (mean, min, max) there."""
+    curves = [{r["iteration"]: r for r in run.curve} for run in runs]
+    curves = [c for c in curves if c]
+    if not curves:
+        return [], {}
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    if not common:  # seeds evaluated at different iterations: show the longest alone
+        curves = [max(curves, key=len)]
+        common = sorted(curves[0])
+    out = {}
+    for key in ("train_error", "test_error"):
+        values = [[c[it][key] for c in curves] for it in common]
+        out[key] = (
+            [statistics.fmean(v) for v in values],
+            [min(v) for v in values],
+            [max(v) for v in values],
+        )
+    return common, out
+
+
+def y_limit(networks: list[Network]) -> float:
+    """The top of both panels: room for every final error, rounded up to a multiple of 5.
+
+    1.4 x the highest final test error, as the paper's 0-20% frames its 7-13%: the end of
+    training is what the figure compares; the first evaluations, far higher, run off the top.
+    """
+    finals = [n.test_error.mean * 1.4 for n in networks if n.test_error]
+    finals += [n.train_error.mean * 1.25 for n in networks if n.train_error]
+    top = max(finals, default=20.0)
+    step = 5 if top <= 50 else 10
+    return float(min(100, max(5, math.ceil(top / step) * step)))
+
+
+def plot_figure6(networks: list[Network], title: str = "") -> Figure:
+    """Plain nets left, residual nets right: He et al. 2015, Figure 6, from the study's runs.
+
+    Each line is tagged with a gid ``<arch>/train`` or ``<arch>/test`` (for tests and tools).
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
+
+    plotted = [n for n in networks if n.used and any(r.curve for r in n.used)]
+    colors = depth_colors([n.depth for n in plotted])
+    last = max((r.iterations for n in plotted for r in n.used), default=PAPER_ITERATIONS)
+    # The paper's axis is in units of 1e4 iterations; short runs get a readable one.
+    scale = 1e4 if last >= 20_000 else 1e3 if last >= 2_000 else 1
+    xlabel = f"iter. ({scale:.0e})".replace("e+0", "e") if scale > 1 else "iterations"
+
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2, sharex=True, sharey=True)
+    for ax, residual in zip(axes, (False, True), strict=True):
+        nets = [n for n in plotted if n.residual == residual]
+        families = sorted({n.family for n in nets}, key=lambda f: f not in ("plain", "resnet"))
+        for net in sorted(nets, key=lambda n: (families.index(n.family), n.depth)):
+            its, curves = mean_curve(net.used)
+            x = [i / scale for i in its]
+            color, marker = colors[net.depth], MARKERS[families.index(net.family) % len(MARKERS)]
+            style = dict(color=color, marker=marker, markevery=max(len(x) // 8, 1), markersize=4)
+            for key, kind in (("train_error", "train"), ("test_error", "test")):
+                mean, lo, hi = curves[key]
+                if len(net.used) > 1:
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
+                if kind == "train":
+                    (line,) = ax.plot(
+                        x, mean, linestyle="--", linewidth=0.9, label="_nolegend_", **style
+                    )
+                else:
+                    label = net.label + (" (partial)" if net.preliminary else "")
+                    (line,) = ax.plot(x, mean, linestyle="-", linewidth=2.0, label=label, **style)
+                line.set_gid(f"{net.arch}/{kind}")
+        handles, _ = ax.get_legend_handles_labels()
+        handles += [
+            Line2D([], [], color="0.4", linestyle="--", linewidth=0.9, label="training error"),
+            Line2D([], [], color="0.4", linestyle="-", linewidth=2.0, label="test error"),
+        ]
+        ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
+        ax.set_title("plain networks" if not residual else "residual networks (ResNet)")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        if not nets:
+            ax.text(0.5, 0.5, "no runs", transform=ax.transAxes, ha="center", color="0.5")
+    axes[0].set_ylabel("error (%)")
+    axes[0].set_ylim(0, y_limit(plotted))
+    axes[0].yaxis.set_major_locator(
+        MaxNLocator(nbins=5, steps=[1, 2, 5, 10])
+    )  # 0, 5, 10 ... not 2.5
+    axes[0].set_xlim(0, last / scale)
+    seeds = max((len(n.used) for n in plotted), default=1)
+    note = "; mean over seeds, band: min-max" if seeds > 1 else ""
+    prefix = f"{title}: " if title else ""
+    fig.suptitle(f"{prefix}training error (thin dashed) and test error (bold){note}", fontsize=10)
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables: results.csv, results.md, the terminal
+
+CSV_COLUMNS = [
+    "network", "arch", "residual", "depth", "block", "params", "seeds", "iterations",
+    "planned_iterations", "train_error_mean", "train_error_std", "test_error_mean",
+    "test_error_std", "n", "preliminary", "runs", "reference_test_error", "reference_std",
+    "reference_source", "test_error_minus_reference",
+]  # fmt: skip
+
+
+def csv_rows(networks: list[Network]) -> list[dict]:
+    """The rows of results.csv: errors in %, std is the sample std over seeds (blank for one)."""
+    rows = []
+    for n in networks:
+        ref, test, train = n.reference, n.test_error, n.train_error
+        planned = [r.planned_iterations for r in n.runs if r.planned_iterations]
+        row = {
+            "network": n.label,
+            "arch": n.arch,
+            "residual": n.residual,
+            "depth": n.depth,
+            "block": n.block,
+            "params": n.params or "",
+            "seeds": len(n.used),
+            "iterations": format_iterations(n.iterations, thousands=False),
+            "planned_iterations": max(planned, default=""),
+            "train_error_mean": _round(train.mean if train else None),
+            "train_error_std": _round(train.std if train else None),
+            "test_error_mean": _round(test.mean if test else None),
+            "test_error_std": _round(test.std if test else None),
+            "n": test.n if test else 0,
+            "preliminary": n.preliminary,
+            "runs": n.status_counts,
+        }
+        if ref:
+            row["reference_test_error"] = ref.test_error
+            row["reference_std"] = ref.std if ref.std is not None else ""
+            row["reference_source"] = ref.source
+            row["test_error_minus_reference"] = _round(test.mean - ref.test_error if test else None)
+        rows.append(row)
+    return rows
+
+
+def results_csv(networks: list[Network]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(csv_rows(networks))
+    return out.getvalue()
+
+
+def results_markdown(cmp: Comparison) -> str:
+    """results.md: the table, the verdict, what is missing, and how these runs differ from 64k."""
+    lines = [
+        f"# Plain vs residual networks: {cmp.study.name}",
+        "",
+        "He et al. 2015, sec. 4.2 and Figure 6, reproduced from the runs in this folder "
+        f"({len(cmp.runs)} runs of {len(cmp.networks)} networks).",
+        "",
+        "![Figure 6](figure6.png)",
+        "",
+        "| Network | Params | Seeds | Iterations | Training error % | Test error % (n) "
+        "| Reference test error % | Reference source | Runs |",
+        "|---|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for n in cmp.networks:
+        star = "*" if n.preliminary else ""
+        ref = n.reference
+        ref_text = f"{ref.test_error:.2f}" if ref else ""
+        ref_text += f" ± {ref.std:.2f}" if ref and ref.std else ""
+        lines.append(
+            f"| {n.label}{star} | {format_params(n.params)} | {len(n.used)} "
+            f"| {format_iterations(n.iterations)} | {n.train_error or 'n/a'} "
+            f"| {n.test_error or 'n/a'}{f' ({n.test_error.n})' if n.test_error else ''} "
+            f"| {ref_text} | {ref.source if ref else ''} | {n.status_counts} |"
+        )
+    lines += [
+        "",
+        "Final errors are each run's last evaluation; mean ± sample standard deviation over seeds "
+        "(n runs). Diverged and failed runs are not counted.",
+    ]
+    if any(n.preliminary for n in cmp.networks):
+        lines.append("\\* from runs that have not finished: their latest values, not final ones.")
+    lines += [
+        "",
+        "## Verdict",
+        "",
+        f"**{cmp.verdict.headline}**",
+        "",
+        "| Check | Result | Numbers |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {c.title} | {c.result} | {c.detail} |" for c in cmp.verdict.checks]
+    lines += ["", "## Missing and unfinished runs", ""]
+    lines += [f"- {line}" for line in problem_lines(cmp)] or [
+        "None: every network has finished runs."
+    ]
+    lines += ["", "## Iterations and data", ""]
+    lines += [f"- {line}" for line in context_lines(cmp)]
+    return "\n".join(lines) + "\n"
+
+
+def problem_lines(cmp: Comparison) -> list[str]:
+    """Networks of the grid without runs, and runs that are unfinished, diverged or failed."""
+    lines = [
+        f"{arch}: no runs (Figure 6's grid is plain and ResNet at 20, 32, 44, 56 layers)"
+        for arch in cmp.missing
+    ]
+    used = {id(r) for n in cmp.networks for r in n.used}
+    for run in cmp.incomplete:
+        if id(run) in used:
+            effect = "its latest values are used, marked *"
+        elif run.usable:
+            effect = "not counted: the network has completed runs"
+        else:
+            effect = "not counted"
+        lines.append(f"{run.describe()} ({effect})")
+    return lines
+
+
+def context_lines(cmp: Comparison) -> list[str]:
+    """How long the runs trained, on what data, and whether the references compare."""
+    its = sorted({r.iterations for n in cmp.networks for r in n.used})
+    planned = sorted({r.planned_iterations for r in cmp.runs if r.planned_iterations})
+    lines = [
+        f"The runs had {format_iterations(its) or 'no'} iterations"
+        + (f" (planned: {format_iterations(planned)})." if planned else ".")
+    ]
+    if its and max(its) < PAPER_ITERATIONS:
+        lines.append(
+            f"Shorter than the paper's {PAPER_ITERATIONS // 1000}k iterations: references are for "
+            "64k iterations on the original CIFAR-10."
+        )
+    # summary.json describes the data set; config.yaml (runs in progress) only names its source
+    data = sorted({r.data for r in cmp.runs if r.data and r.summary}) or sorted(
+        {r.data for r in cmp.runs if r.data}
+    )
+    if data:
+        lines.append("Data: " + "; ".join(data) + ".")
+        if not all("cifar" in d.lower() for d in data):
+            lines.append("Not CIFAR-10: the references are for the original CIFAR-10.")
+        if any("validation split" in d for d in data):
+            lines.append(
+                "Test error here is on images held out of the training set (validation split); "
+                "the references are on the 10k test set."
+            )
+        if any("subsets" in d for d in data):
+            lines.append("Subsets of the data: not comparable with the references.")
+    return lines
+
+
+def verdict_table(verdict: Verdict) -> Table:
+    """The checks as a rich Table: check, PASS/FAIL/n.a., the numbers."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="Verdict (He et al. 2015, sec. 4.2)", box=box.SIMPLE_HEAD)
+    table.add_column("Check")
+    table.add_column("Result", no_wrap=True)
+    table.add_column("Final errors, mean over seeds")
+    colour = {"PASS": "green", "FAIL": "red", "n.a.": "dim"}
+    for c in verdict.checks:
+        table.add_row(c.title, f"[{colour[c.status]}]{c.result}[/]", c.detail)
+    return table
+
+
+def results_table(networks: list[Network]) -> Table:
+    """The results as a rich Table, 80 columns wide (results.md adds parameters and sources)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="Final errors (%), mean ± std over seeds", box=box.SIMPLE_HEAD)
+    table.add_column("Network", no_wrap=True)
+    for name in ("Seeds", "Iter.", "Train %", "Test %", "Ref. %"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("Other runs", overflow="fold")
+    for n in networks:
+        others = Counter(r.status for r in n.runs if r.status != "completed")
+        table.add_row(
+            n.label + ("*" if n.preliminary else ""),
+            str(len(n.used)),
+            format_iterations(n.iterations),
+            str(n.train_error or "n/a"),
+            str(n.test_error or "n/a"),
+            f"{n.reference.test_error:.2f}" if n.reference else "",
+            ", ".join(f"{count} {status}" for status, count in sorted(others.items())),
+        )
+    return table
+
+
+def report_lines(cmp: Comparison) -> list[str]:
+    """The whole report as plain text lines (for logs, or a terminal without rich)."""
+    lines = [f"{'network':<16} {'train %':>14} {'test %':>14} {'ref. %':>7}  runs"]
+    for n in cmp.networks:
+        ref = f"{n.reference.test_error:.2f}" if n.reference else ""
+        lines.append(
+            f"{n.label + ('*' if n.preliminary else ''):<16} {n.train_error or 'n/a'!s:>14} "
+            f"{n.test_error or 'n/a'!s:>14} {ref:>7}  {n.status_counts}"
+        )
+    lines += ["", "verdict:"]
+    lines += [f"  {c.result:<6} {c.title}: {c.detail}" for c in cmp.verdict.checks]
+    lines += ["", cmp.verdict.headline]
+    problems = problem_lines(cmp)
+    if problems:
+        lines += ["", "missing or unfinished:", *(f"  {p}" for p in problems)]
+    lines += ["", *context_lines(cmp), "", "wrote: " + ", ".join(str(p) for p in cmp.paths)]
+    return lines
+
+
+def print_report(cmp: Comparison, console: Console | None = None) -> None:
+    """Print the results table, the verdict and the notes to the terminal (rich)."""
+    from rich.console import Console
+
+    console = console or Console()
+    console.print(results_table(cmp.networks))
+    sources: dict[str, list[str]] = {}
+    for n in cmp.networks:
+        if n.reference:
+            sources.setdefault(n.reference.source.split(" (")[0], []).append(n.label)
+    if sources:
+        text = "; ".join(f"{source} ({', '.join(labels)})" for source, labels in sources.items())
+        console.print(f"References: {text}. Details in results.md.", highlight=False)
+    console.print(verdict_table(cmp.verdict))
+    console.print(f"[bold]{cmp.verdict.headline}[/]")
+    problems = problem_lines(cmp)
+    if problems:
+        console.print("Missing or unfinished:")
+        for line in problems:
+            console.print(f"  {line}", highlight=False)
+    for line in context_lines(cmp):
+        console.print(line, highlight=False)
+    console.print("Wrote " + ", ".join(str(p) for p in cmp.paths), highlight=False)
+
+
+def format_params(params: int | None) -> str:
+    return "" if not params else f"{params / 1e6:.2f}M"
+
+
+def format_iterations(iterations: list[int], thousands: bool = True) -> str:
+    """64k, or 12k-64k when the runs differ ('' for none)."""
+
+    def k(i: int) -> str:
+        return f"{i / 1000:g}k" if thousands and i >= 1000 and i % 100 == 0 else str(i)
+
+    if not iterations:
+        return ""
+    lo, hi = min(iterations), max(iterations)
+    return k(lo) if lo == hi else f"{k(lo)}-{k(hi)}"
+
+
+def _round(x: float | None) -> float | str:
+    return "" if x is None else round(x, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorBoard: Figure 6 as custom-scalar charts, and hparams, in each run's own folder
+
+
+def tensorboard_layout(networks: list[Network]) -> dict:
+    """A custom-scalars layout (torch's dict form): the two panels, then one chart per depth.
+
+    The layout's charts select tags, not runs, so each run also carries a copy of its curves
+    under ``figure6/<arch>/error_{train,test}``: a chart then shows exactly the runs of its
+    networks, whatever the run selector shows.
+    """
+
+    def tags(archs: list[str]) -> list[str]:
+        names = "|".join(re.escape(a).replace("\\-", "-") for a in archs)  # keep plain-56 readable
+        return [rf"^figure6/({names})/error_(train|test)$"]
+
+    plain = [n.arch for n in networks if not n.residual]
+    residual = [n.arch for n in networks if n.residual]
+    panels = {}
+    if plain:
+        panels["plain nets: training and test error %"] = ["Multiline", tags(plain)]
+    if residual:
+        panels["residual nets: training and test error %"] = ["Multiline", tags(residual)]
+    by_depth = {
+        f"{d} layers: plain vs residual, error %": [
+            "Multiline",
+            tags([n.arch for n in networks if n.depth == d]),
+        ]
+        for d in sorted({n.depth for n in networks})
+    }
+    return {
+        "Figure 6 (He et al. 2015)": panels,
+        "plain vs residual, by depth": by_depth,
+        "all runs": {
+            "error/train and error/test %": ["Multiline", [r"^error/(train|test)$"]],
+            "loss/train and loss/test": ["Multiline", [r"^loss/(train|test)$"]],
+        },
+    }
+
+
+def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
+    """Write each run's compare events file (layout, hparams, curve copies); return the paths.
+
+    Each file replaces the one an earlier compare wrote, so reruns leave one file per run, and
+    nothing is written outside the run folders (no extra TensorBoard runs).
+    """
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard.summary import custom_scalars, hparams
+
+    layout = custom_scalars(tensorboard_layout(networks))
+    hparam_values = {r.path: _hparams(r) for r in runs}
+    domains = {
+        key: sorted({values[key] for values in hparam_values.values()})
+        for key in ("depth", "residual", "block", "shortcut", "arch", "status")
+    }
+    now = time.time()
+    paths = []
+    for run in runs:
+        buffer = io.BytesIO()
+        writer = RecordWriter(buffer)
+
+        def put(summary, step: int = 0, writer=writer) -> None:
+            writer.write(Event(wall_time=now, step=step, summary=summary).SerializeToString())
+
+        writer.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+        put(layout)
+        final = run.final or {}
+        metrics = {"hparams/final_train_error": final.get("train_error"),
+                   "hparams/final_test_error": final.get("test_error")}  # fmt: skip
+        experiment, start, end = hparams(hparam_values[run.path], metrics, domains)
+        put(experiment)
+        put(start)
+        put(_session_end(end, run.status))
+        for row in run.curve:
+            values = [
+                Summary.Value(
+                    tag=f"figure6/{run.arch}/error_{kind}", simple_value=row[f"{kind}_error"]
+                )
+                for kind in ("train", "test")
+            ]
+            put(Summary(value=values), step=int(row["iteration"]))
+        if final:
+            put(Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]),
+                step=int(final.get("iteration", 0)))  # fmt: skip
+        for old in run.path.glob(EVENTS_GLOB):
+            old.unlink()
+        paths.append(_write_bytes(run.path / EVENTS_NAME, buffer.getvalue()))
+    return paths
+
+
+def _session_end(end, status: str):
+    """torch marks every session a success: say failed for diverged or failed runs, and
+    running for the others that have not completed."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    plugin_data = end.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    data.session_end_info.status = {
+        "completed": api_pb2.STATUS_SUCCESS,
+        "diverged": api_pb2.STATUS_FAILURE,
+        "failed": api_pb2.STATUS_FAILURE,
+    }.get(status, api_pb2.STATUS_RUNNING)
+    plugin_data.content = data.SerializeToString()
+    return end
+
+
+def _hparams(run: Run) -> dict:
+    return {
+        "depth": run.depth,
+        "residual": run.residual,
+        "seed": run.seed,
+        "block": run.block,
+        "shortcut": run.shortcut,
+        "arch": run.arch,
+        "status": run.status,
+    }
+
+
+def _write_bytes(path: Path, data: bytes) -> Path:
+    atomic_write(path, lambda f: f.write(data), binary=True)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# compare: everything above, written into the study
+
+
+@dataclass
+class Comparison:
+    """What ``compare`` found and wrote."""
+
+    study: Path
+    runs: list[Run]
+    networks: list[Network]  # the table's rows
+    verdict: Verdict
+    missing: list[str]  # networks of Figure 6's grid without runs
+    incomplete: list[Run]  # runs not completed: partial, interrupted, diverged, failed
+    paths: list[Path]  # figure6.png, figure6.pdf, results.csv, results.md
+    events: list[Path] = field(default_factory=list)  # one compare events file per run
+    figure: Figure | None = field(default=None, repr=False)
+
+
+def compare(study: Path, tensorboard: bool = True) -> Comparison:
+    """Read a study's runs; write Figure 6, results.csv/.md and TensorBoard extras into it."""
+    study = Path(study)
+    runs = load_runs(study)
+    networks = group_networks(runs)
+    cmp = Comparison(
+        study=study,
+        runs=runs,
+        networks=networks,
+        verdict=judge(networks),
+        missing=missing_networks(networks),
+        incomplete=[r for r in runs if r.status != "completed"],
+        paths=[
+            study / "figure6.png",
+            study / "figure6.pdf",
+            study / "results.csv",
+            study / "results.md",
+        ],
+    )
+    cmp.figure = plot_figure6(networks, title=study.name)
+    for path, fmt in zip(cmp.paths[:2], ("png", "pdf"), strict=True):
+        image = io.BytesIO()
+        cmp.figure.savefig(image, format=fmt, dpi=150)
+        _write_bytes(path, image.getvalue())
+    _write_bytes(cmp.paths[2], results_csv(networks).encode())
+    _write_bytes(cmp.paths[3], results_markdown(cmp).encode())
+    if tensorboard:
+        cmp.events = write_tensorboard(runs, networks)
+    return cmp

@@ -1,0 +1,271 @@
+"""``resexp sweep``: the whole study through Hydra's multirun, resumable, with its own progress.
+
+The grid comes from an ``experiment/`` preset (``experiment=degradation``: depth 20, 32, 44, 56 x
+residual false, true) and the command line (``depth=20,56``, ``seeds=3``). Hydra's launcher runs
+it: one run after another by default, several at once with ``hydra/launcher=joblib``, one SLURM
+job each with ``hydra/launcher=submitit_slurm``. This module plans the grid ahead (to skip
+finished runs, prepare the data once and count what is left), watches the run directories while
+the launcher works, and reports what completed, what was skipped and what failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resexp.tracking import format_seconds, read_json, read_metrics, write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "degradation"
+
+
+@dataclass
+class PlannedRun:
+    """One point of the grid: its overrides, its resolved config and its directory."""
+
+    overrides: list[str]
+    run_dir: Path
+    iterations: int
+    data: dict
+    done_before: bool = False  # completed before this sweep started: skipped
+
+
+@dataclass
+class Plan:
+    runs: list[PlannedRun]
+    base_overrides: list[str]
+    sweep_overrides: list[str]
+    study_dir: Path
+    launcher: str = "basic"
+    outcomes: dict[Path, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning the grid
+
+
+def translate_args(args: list[str]) -> list[str]:
+    """``seeds=N`` -> ``seed=range(0,N)``; add the default experiment unless one is named."""
+    out = []
+    for a in args:
+        if a.startswith("seeds="):
+            n = a.split("=", 1)[1]
+            if not n.isdigit() or int(n) < 1:
+                from resexp.errors import ConfigError
+
+                raise ConfigError(
+                    f"seeds= takes a positive number of seeds (seeds=3: 0, 1, 2), not {n!r}"
+                )
+            out.append(f"seed=range(0,{int(n)})")
+        else:
+            out.append(a)
+    if not any(a.startswith(("experiment=", "+experiment=")) for a in out):
+        out.insert(0, f"experiment={DEFAULT_EXPERIMENT}")
+    return out
+
+
+def plan_sweep(args: list[str], compose: Callable) -> Plan:
+    """Expand the grid of ``args`` (already translated) into its runs, as Hydra's sweeper will."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(args)
+    base = [o.input_line for o in parsed if not o.is_sweep_override()]
+    cli_sweeps = {
+        o.get_key_element(): list(o.sweep_string_iterator())
+        for o in parsed
+        if o.is_sweep_override()
+    }
+
+    hydra_cfg = compose(base, return_hydra_config=True)
+    preset = hydra_cfg.hydra.sweeper.get("params") or {}
+    sweeps: dict[str, list[str]] = {}
+    for key, value in preset.items():
+        (o,) = parser.parse_overrides([f"{key}={value}"])
+        sweeps[key] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+    sweeps.update(cli_sweeps)  # the command line wins over the preset, as in Hydra's sweeper
+    launcher = str(hydra_cfg.hydra.launcher.get("_target_", "basic")).split(".")[-1]
+
+    runs = []
+    keys = list(sweeps)
+    for values in itertools.product(*(sweeps[k] for k in keys)):
+        point = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
+        cfg = compose(base + point)
+        run_dir = Path(cfg.run_dir)
+        summary = read_json(run_dir / "summary.json")
+        runs.append(
+            PlannedRun(
+                overrides=point,
+                run_dir=run_dir,
+                iterations=int(cfg.schedule.iterations),
+                data=OmegaConf.to_container(cfg.data, resolve=True),
+                done_before=bool(summary and summary.get("status") == "completed"),
+            )
+        )
+    study_dir = Path(compose(base).output_root) / str(compose(base).name)
+    sweep_overrides = [f"{k}={','.join(v)}" for k, v in sweeps.items()]
+    return Plan(runs, base, sweep_overrides, study_dir, launcher)
+
+
+def prepare_data_once(plan: Plan) -> None:
+    """Download/decode/cache each distinct data set of the sweep before any run starts."""
+    from omegaconf import OmegaConf
+
+    from resexp.data import prepare_data
+
+    seen = []
+    for run in plan.runs:
+        if run.done_before or run.data in seen:
+            continue
+        seen.append(run.data)
+        data = prepare_data(OmegaConf.create(run.data))
+        log.info("sweep: data ready: %s", data.description)
+
+
+# ----------------------------------------------------------------------------------------------
+# Watching the runs while the launcher works
+
+
+class Monitor(threading.Thread):
+    """Prints the sweep's progress from the run directories: done/total, in flight, time left.
+
+    It reads the files the runs write (metrics.jsonl, summary.json), so it works the same for
+    runs in this process, in joblib workers or on SLURM nodes with a shared file system.
+    """
+
+    def __init__(self, plan: Plan, interval: float = 10.0):
+        super().__init__(daemon=True)
+        self.plan, self.interval = plan, interval
+        self.todo = [r for r in plan.runs if not r.done_before]
+        self.total_iterations = sum(r.iterations for r in self.todo)
+        self.start_time = time.perf_counter()
+        self._stop_event = threading.Event()
+        self._last, self._last_time = "", 0.0
+
+    def snapshot(self) -> tuple[int, int, list[str], int]:
+        """(finished runs, total runs to do, runs in flight, iterations done so far)."""
+        finished, in_flight, iterations = 0, [], 0
+        for run in self.todo:
+            summary = read_json(run.run_dir / "summary.json")
+            rows = (
+                read_metrics(run.run_dir / "metrics.jsonl")
+                if (run.run_dir / "metrics.jsonl").exists()
+                else []
+            )
+            it = rows[-1]["iteration"] if rows else 0
+            if summary and summary.get("status") in ("completed", "diverged", "failed"):
+                finished += 1
+                iterations += run.iterations
+            elif rows or (run.run_dir / "train.log").exists():
+                in_flight.append(
+                    f"{run.run_dir.parent.name}/{run.run_dir.name} ({it}/{run.iterations})"
+                )
+                iterations += it
+        return finished, len(self.todo), in_flight, iterations
+
+    def line(self) -> str:
+        finished, total, in_flight, iterations = self.snapshot()
+        elapsed = time.perf_counter() - self.start_time
+        eta = "?"
+        if iterations > 0 and self.total_iterations:
+            eta = format_seconds(elapsed / iterations * (self.total_iterations - iterations))
+        running = ", ".join(in_flight) if in_flight else "-"
+        return f"sweep: {finished}/{total} runs done, running: {running}, time left ~{eta}"
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.report()
+
+    def report(self, every: float = 60.0) -> None:
+        """Log a line when a run starts or ends, and at least every ``every`` seconds."""
+        text = self.line()
+        state = text.rsplit(", time left", 1)[0]
+        now = time.perf_counter()
+        if state != self._last or now - self._last_time >= every:
+            log.info(text)
+            self._last, self._last_time = state, now
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+# ----------------------------------------------------------------------------------------------
+# One job of the sweep, and the end-of-sweep report
+
+
+def run_job(cfg, fit: Callable) -> dict | None:
+    """Train one run of a sweep; a failure is written to its summary.json, not raised.
+
+    A stop request (Ctrl-C, SIGTERM, a SLURM preemption) saves the run's checkpoint and ends
+    the whole sweep with EXIT_INTERRUPTED; the same command resumes it.
+
+    On a machine with several GPUs and ``device=auto``, job k runs on GPU k mod #GPUs, so the
+    joblib launcher gives each parallel run a device of its own.
+    """
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    run_dir = Path(cfg.run_dir)
+    if cfg.device == "auto" and torch.cuda.device_count() > 1:
+        with open_dict(cfg):
+            cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"
+    from resexp.train import EXIT_INTERRUPTED, StopRequested
+
+    try:
+        return fit(cfg)
+    except StopRequested as e:  # Ctrl-C or SIGTERM stops the sweep, after this run's checkpoint
+        log.warning("sweep stopped by %s; run the same command again to resume", e.args[0])
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except Exception as e:  # one failed run must not stop the others
+        log.error("%s failed: %s", run_dir, e)
+        previous = read_json(run_dir / "summary.json") or {}
+        if previous.get("status") != "completed":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(
+                run_dir / "summary.json", {**previous, "status": "failed", "error": str(e)[:2000]}
+            )
+        return None
+
+
+def outcomes(plan: Plan) -> list[tuple[PlannedRun, str, dict]]:
+    """Each planned run with its outcome: skipped, completed, diverged, failed or missing."""
+    result = []
+    for run in plan.runs:
+        summary = read_json(run.run_dir / "summary.json") or {}
+        outcome = "skipped" if run.done_before else summary.get("status", "missing")
+        result.append((run, outcome, summary))
+    return result
+
+
+def report_table(plan: Plan):
+    """A rich Table of the sweep's runs and a count of failures."""
+    from rich.table import Table
+
+    table = Table(title=f"sweep {plan.study_dir}")
+    for column in ("run", "outcome", "train error %", "test error %", "iterations", "wall"):
+        table.add_column(column)
+    failed = 0
+    for run, outcome, s in outcomes(plan):
+        if outcome in ("failed", "missing"):
+            failed += 1
+        table.add_row(
+            f"{run.run_dir.parent.name}/{run.run_dir.name}",
+            outcome + (f": {s['error'][:60]}" if s.get("error") else ""),
+            _pct(s.get("train_error")),
+            _pct(s.get("test_error")),
+            str(s.get("iterations", "")),
+            format_seconds(s["wall_seconds"]) if s.get("wall_seconds") else "",
+        )
+    return table, failed
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"

@@ -1,0 +1,244 @@
+"""Why residual networks work, measured on trained runs: one module per study.
+
+    responses   std of each 3x3 layer's response         He et al. 2015, Fig. 7
+    gradients   per-layer gradient norms, init and saved  He et al. 2015 sec. 4.1; Yang et al. 2019
+    lesion      error with blocks removed at test time    Veit et al. 2016
+    landscape   loss around the trained weights           Li et al. 2018
+    shattering  gradient autocorrelation at init          Balduzzi et al. 2017
+
+``analyze(name, target)`` finds the runs under ``target`` (a run folder or a study folder), runs
+the analysis and writes into ``<target>/analysis/<name>/``: a PNG per figure, the numbers as CSV
+and JSON, and the figures as TensorBoard images (``tensorboard/``). The JSON's ``checks`` list,
+also logged, puts what the literature expects next to what was measured: "expected: ...;
+measured: ...; agrees: yes/no".
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from resexp.analysis.common import DataCache, Output, Settings, find_runs
+from resexp.analysis.gradients import OPTIONS as GRADIENT_OPTIONS
+from resexp.analysis.gradients import analyze_gradients, log_gradient_stats
+from resexp.analysis.landscape import OPTIONS as LANDSCAPE_OPTIONS
+from resexp.analysis.landscape import analyze_landscape
+from resexp.analysis.lesion import OPTIONS as LESION_OPTIONS
+from resexp.analysis.lesion import analyze_lesion
+from resexp.analysis.responses import OPTIONS as RESPONSE_OPTIONS
+from resexp.analysis.responses import analyze_responses
+from resexp.analysis.shattering import OPTIONS as SHATTERING_OPTIONS
+from resexp.analysis.shattering import analyze_shattering
+from resexp.errors import ConfigError, ResexpError
+
+__all__ = [
+    "ANALYSES",
+    "COMMON_OPTIONS",
+    "OPTIONS",
+    "analyze",
+    "describe",
+    "help_text",
+    "log_gradient_stats",
+    "parse_options",
+]
+
+log = logging.getLogger("resexp.analysis")
+
+# name -> function(runs, out, settings, **options)
+ANALYSES: dict[str, Callable[..., None]] = {
+    "responses": analyze_responses,
+    "gradients": analyze_gradients,
+    "lesion": analyze_lesion,
+    "landscape": analyze_landscape,
+    "shattering": analyze_shattering,
+}
+
+# name -> {option: (default, help)}: the options each analysis takes besides the common ones
+OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
+    "responses": RESPONSE_OPTIONS,
+    "gradients": GRADIENT_OPTIONS,
+    "lesion": LESION_OPTIONS,
+    "landscape": LANDSCAPE_OPTIONS,
+    "shattering": SHATTERING_OPTIONS,
+}
+
+# Analyses that measure networks at initialization and can run without trained runs.
+NEEDS_NO_RUNS = {"shattering"}
+
+COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
+    "out_dir": (None, "where the results go (default: <target>/analysis/<name>/)"),
+    "device": ("cpu", "cpu, cuda, cuda:N, mps or auto"),
+    "images": (2000, "test images used (the first ones; 0: the whole test set)"),
+    "batch_size": (500, "images per forward pass"),
+    "progress": ("auto", "auto (a bar on a terminal, log lines otherwise), bar, lines or none"),
+}
+
+
+def describe() -> list[dict[str, Any]]:
+    """Each analysis: name, one-line summary, source, whether it needs runs, and its options."""
+    import sys
+
+    entries = []
+    for name, function in ANALYSES.items():
+        module = sys.modules[function.__module__]
+        entries.append(
+            {
+                "name": name,
+                "summary": inspect.getdoc(function).splitlines()[0],
+                "source": inspect.getdoc(module).splitlines()[0].rstrip(":,"),
+                "needs_runs": name not in NEEDS_NO_RUNS,
+                "options": [
+                    {"name": k, "default": d, "help": h} for k, (d, h) in OPTIONS[name].items()
+                ],
+            }
+        )
+    return entries
+
+
+def help_text() -> str:
+    """The analyses and their options, for ``resexp analyze --help`` or ``--list``."""
+    lines = ["Analyses (resexp analyze NAME TARGET [option=value ...]):", ""]
+    for entry in describe():
+        lines.append(f"  {entry['name']:<11} {entry['summary']}")
+        for opt in entry["options"]:
+            lines.append(f"      {opt['name']}={_show(opt['default'])}  {opt['help']}")
+    lines += ["", "Common options:"]
+    lines += [f"  {k}={_show(d)}  {h}" for k, (d, h) in COMMON_OPTIONS.items()]
+    return "\n".join(lines)
+
+
+def analyze(
+    name: str,
+    target: Path | str,
+    *,
+    out_dir: Path | str | None = None,
+    device: str = "cpu",
+    images: int | None = 2000,
+    batch_size: int = 500,
+    progress: str = "auto",
+    **options: Any,
+) -> list[Path]:
+    """Run analysis ``name`` on the runs under ``target``; return the paths it wrote.
+
+    ``options`` are the analysis's own (see ``OPTIONS`` or ``describe()``); values may be given
+    as strings (``"21"``, ``"true"``, ``"2,4,8"``) and are converted to the default's type.
+    Raises ResexpError for an unknown analysis or option, or a target without runs.
+    """
+    from resexp.train import select_device
+
+    if name not in ANALYSES:
+        raise ResexpError(
+            f"unknown analysis {name!r}; choose one of {', '.join(ANALYSES)} "
+            "(`resexp analyze --list` describes them)"
+        )
+    kwargs = _check_options(name, options)
+    images = _as_int("images", images or 0)
+    batch_size = _as_int("batch_size", batch_size)
+    if images < 0 or batch_size < 1:
+        raise ConfigError("images must be >= 0 (0: all) and batch_size >= 1")
+    if progress not in ("auto", "bar", "lines", "none"):
+        raise ConfigError(f"progress must be auto, bar, lines or none, not {progress!r}")
+
+    target = Path(target)
+    runs = [] if name in NEEDS_NO_RUNS and not target.exists() else find_runs(target)
+    if not runs and name not in NEEDS_NO_RUNS:
+        raise ResexpError(
+            f"no trained runs under {target} (a run folder holds config.yaml and checkpoint.pt); "
+            "give a run folder such as outputs/NAME/resnet-20/seed0 or a study folder such as "
+            "outputs/NAME, or train first with `resexp train`"
+        )
+    dev = select_device(device)
+    out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
+    settings = Settings(dev, images or None, batch_size, DataCache(dev))
+    log.info(
+        "analysis %s: %d run%s under %s -> %s",
+        name,
+        len(runs),
+        "" if len(runs) == 1 else "s",
+        target,
+        out.dir,
+    )
+    try:
+        ANALYSES[name](runs, out, settings, **kwargs)
+    finally:
+        out.close()
+    agreed = [c for c in out.checks if c["agrees"] is not None]
+    log.info(
+        "analysis %s: %d of %d checks agree with the literature; wrote %s",
+        name,
+        sum(bool(c["agrees"]) for c in agreed),
+        len(agreed),
+        ", ".join(p.name for p in out.written),
+    )
+    return out.written
+
+
+# ----------------------------------------------------------------------------------------------
+# Options given as strings on the command line
+
+
+def parse_options(args: list[str]) -> dict[str, str]:
+    """``["steps_1d=51", "seed=1"]`` -> ``{"steps_1d": "51", "seed": "1"}`` for ``analyze``."""
+    options = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected option=value, got {arg!r} (`resexp analyze --list`)")
+        options[key.strip().lstrip("-").replace("-", "_")] = value.strip()
+    return options
+
+
+def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    valid = OPTIONS[name]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        choices = ", ".join(valid) or "none"
+        raise ConfigError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for analysis "
+            f"{name}; its options: {choices} (plus {', '.join(COMMON_OPTIONS)})"
+        )
+    return {k: _coerce(k, v, valid[k][0]) for k, v in options.items()}
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default``; ConfigError if it does not convert."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                    raise ValueError
+                return lowered in ("true", "yes", "1")
+            return bool(value)
+        if isinstance(default, int):
+            return _as_int(key, value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            items = value.split(",") if isinstance(value, str) else value
+            return tuple(int(v) for v in items)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"option {key}={value!r}: expected a value like {_show(default)}"
+        ) from None
+
+
+def _as_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"option {key}={value!r}: expected an integer")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key}={value!r}: expected an integer") from None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)

@@ -1,0 +1,455 @@
+"""What every analysis shares: finding runs, rebuilding their networks and data, writing results.
+
+A run directory (``outputs/<name>/<arch>-<depth>/seed<k>/``) is any folder with a config.yaml and a
+checkpoint; a study directory holds several. ``Output`` writes an analysis's PNGs, CSV, JSON and
+TensorBoard images into one folder and records every path it wrote; ``Output.check`` states what
+the literature expects next to what was measured, so a reader sees at once whether they agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from resexp.config import arch_name
+from resexp.errors import ResexpError
+from resexp.models import CifarResNet, build_model
+from resexp.tracking import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint, write_json
+
+log = logging.getLogger("resexp.analysis")
+
+
+# ----------------------------------------------------------------------------------------------
+# Runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained run: its folder and its resolved config (config.yaml, as ``fit`` saved it)."""
+
+    path: Path
+    config: dict = field(repr=False, compare=False)  # runs are compared and hashed by folder
+
+    @property
+    def depth(self) -> int:
+        return int(self.config["depth"])
+
+    @property
+    def residual(self) -> bool:
+        return bool(self.config["residual"])
+
+    @property
+    def block(self) -> str:
+        return self.config.get("block", "basic")
+
+    @property
+    def shortcut(self) -> str:
+        return self.config.get("shortcut", "A")
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def arch(self) -> str:
+        """plain-56, resnet-56, preact-56, ... (the run's folder name)."""
+        return arch_name(self.residual, self.block, self.depth)
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch}/seed{self.seed}"
+
+    def build(self) -> CifarResNet:
+        """The network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
+        torch.manual_seed(self.seed)
+        return build_model(self.depth, self.residual, self.shortcut, self.block)
+
+    def checkpoints(self) -> list[tuple[int, dict]]:
+        """(iteration, model state dict) of each readable saved checkpoint, oldest first."""
+        found = {}
+        for name in (PREVIOUS_CHECKPOINT, CHECKPOINT):
+            path = self.path / name
+            if not path.exists():
+                continue
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False)
+                found[int(state["iteration"])] = state["model"]
+            except Exception as e:  # a truncated file: use the other one
+                log.warning("skipping unreadable checkpoint %s (%s)", path, type(e).__name__)
+        return sorted(found.items())
+
+    def trained(self, device: torch.device) -> tuple[CifarResNet, int]:
+        """The network with its latest readable checkpoint, in eval mode, and that iteration."""
+        state = load_checkpoint(self.path)
+        if state is None:
+            raise ResexpError(f"{self.path} has no checkpoint; train it first")
+        model = self.build()
+        model.load_state_dict(state["model"])
+        return model.to(device).eval(), int(state["iteration"])
+
+
+def _read_config(run_dir: Path) -> dict | None:
+    """The run's resolved config.yaml as a dict, or None if it cannot be read."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        return OmegaConf.to_container(cfg, resolve=False)  # saved resolved by fit
+    except Exception as e:
+        log.warning("skipping %s: unreadable config.yaml (%s)", run_dir, type(e).__name__)
+        return None
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder that holds a config.yaml and a checkpoint (a run that has trained a little)."""
+    return (path / "config.yaml").is_file() and any(
+        (path / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)
+    )
+
+
+def find_runs(target: Path) -> list[Run]:
+    """The runs at ``target``: the run itself, or every run folder below a study folder.
+
+    Hidden folders (Hydra's ``.hydra/``), folders kept by ``restart=true`` (``seed0.old-*``) and
+    analysis outputs are skipped. Sorted by block, depth, plain before residual, then seed.
+    """
+    target = Path(target)
+    if not target.exists():
+        raise ResexpError(f"{target} does not exist; give a run or study folder under outputs/")
+    if is_run_dir(target):
+        folders = [target]
+    else:
+        folders = []
+        for cfg in sorted(target.rglob("config.yaml")):
+            rel = cfg.parent.relative_to(target).parts
+            if any(p.startswith(".") or ".old-" in p or p == "analysis" for p in rel):
+                continue
+            if is_run_dir(cfg.parent):
+                folders.append(cfg.parent)
+            else:
+                log.info("skipping %s: no checkpoint yet", cfg.parent)
+    runs = []
+    for folder in folders:
+        config = _read_config(folder)
+        if config is not None and "depth" in config:
+            runs.append(Run(folder, config))
+    return sorted(runs, key=lambda r: (r.block, r.depth, r.residual, r.seed, str(r.path)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class RunData:
+    """A run's images (uint8, on the analysis device) and its normalisation constants."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    mean: Tensor
+    std: Tensor
+    description: str
+
+    def subset(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
+        """The first ``images`` images of ``split`` (all of them for None or 0)."""
+        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        if images:
+            x, y = x[:images], y[:images]
+        return x, y
+
+    def normalized(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
+        """The subset as float32, normalised as in training, without augmentation."""
+        x, y = self.subset(split, images)
+        return (x.float() - self.mean) / self.std, y
+
+
+class DataCache:
+    """Loads each distinct data config once per analysis (a study's runs share one)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._loaded: dict[str, RunData] = {}
+
+    def __call__(self, run: Run) -> RunData:
+        from omegaconf import OmegaConf
+
+        from resexp.data import load_data, mean_std
+
+        key = json.dumps(run.config["data"], sort_keys=True)
+        if key not in self._loaded:
+            cfg = run.config["data"]
+            data = load_data(OmegaConf.create(cfg)).to(self.device)
+            mean, std = mean_std(data.train_x, cfg.get("normalize", "pixel_mean"))
+            self._loaded[key] = RunData(
+                data.train_x, data.train_y, data.test_x, data.test_y, mean, std, data.description
+            )
+        return self._loaded[key]
+
+
+@dataclass
+class Settings:
+    """The settings every analysis takes: where it runs and how many images it looks at."""
+
+    device: torch.device
+    images: int | None  # test images (the first ones); None or 0: all of them
+    batch_size: int
+    data: DataCache
+
+
+def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """``x``, ``y`` in consecutive batches (the last one partial)."""
+    for start in range(0, len(x), batch_size):
+        yield x[start : start + batch_size], y[start : start + batch_size]
+
+
+@torch.no_grad()
+def error_and_loss(
+    model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int
+) -> tuple[float, float]:
+    """Error (%) and mean cross-entropy of ``model`` as it is (eval or train mode) on x, y."""
+    wrong, loss = 0, 0.0
+    for xb, yb in batches(x, y, batch_size):
+        out = model(xb)
+        wrong += int((out.argmax(1) != yb).sum())
+        loss += float(torch.nn.functional.cross_entropy(out.float(), yb, reduction="sum"))
+    return 100.0 * wrong / len(y), loss / len(y)
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress: a rich bar on a terminal, a few plain log lines elsewhere
+
+
+class Steps:
+    """Progress over ``total`` steps of one analysis."""
+
+    def __init__(self, label: str, total: int, mode: str = "auto"):
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.label, self.total, self.mode, self.done = label, max(total, 1), mode, 0
+        self.start = time.perf_counter()
+        self._next_line = 0.0
+        self._bar = None
+        if mode == "bar":
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[note]}"),
+            )
+            self._task = self._bar.add_task(label, total=self.total, note="")
+            self._bar.start()
+
+    def advance(self, note: str = "") -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, note=note)
+        elif self.mode == "lines":
+            fraction = self.done / self.total
+            if fraction >= self._next_line or self.done == self.total:  # about every 10%
+                self._next_line = fraction + 0.1
+                log.info(
+                    "%s: %d/%d %s (%.0f s)",
+                    self.label,
+                    self.done,
+                    self.total,
+                    note,
+                    time.perf_counter() - self.start,
+                )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Output: PNG, CSV, JSON, TensorBoard, and the checks against the literature
+
+
+def yes_no(agrees: bool | None) -> str:
+    return "n/a" if agrees is None else ("yes" if agrees else "no")
+
+
+class Output:
+    """The folder an analysis writes into, and the list of what it wrote."""
+
+    def __init__(self, name: str, out_dir: Path, progress: str = "auto"):
+        self.name = name
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.written: list[Path] = []
+        self.checks: list[dict[str, Any]] = []
+        self._writer = None
+
+    @property
+    def writer(self):
+        """A SummaryWriter on ``<out_dir>/tensorboard/`` (old event files there are replaced)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = self.dir / "tensorboard"
+            for old in tb.glob("events.out.tfevents.*"):
+                old.unlink()  # a re-run replaces the images instead of stacking duplicates
+            self._writer = SummaryWriter(log_dir=str(tb))
+        return self._writer
+
+    def steps(self, label: str, total: int) -> Steps:
+        return Steps(f"{self.name} {label}", total, self.progress)
+
+    def _record(self, path: Path) -> Path:
+        if path not in self.written:
+            self.written.append(path)
+        return path
+
+    def figure(self, fig: Any, stem: str) -> Path:
+        """Save a matplotlib figure as ``<stem>.png`` and, read back, as a TensorBoard image."""
+        from matplotlib.image import imread
+
+        path = self.dir / f"{stem}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # drawn once, for both
+        image = imread(path)[..., :3]  # (H, W, RGB) floats in [0, 1]
+        self.writer.add_image(f"{self.name}/{stem}", image, dataformats="HWC")
+        return self._record(path)
+
+    def csv(self, stem: str, rows: Sequence[dict[str, Any]]) -> Path:
+        """Write ``rows`` (dicts with the same keys) as ``<stem>.csv``."""
+        path = self.dir / f"{stem}.csv"
+        fields = list(rows[0]) if rows else []
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            for row in rows:
+                w.writerow({k: _csv_value(v) for k, v in row.items()})
+        return self._record(path)
+
+    def json(self, stem: str, obj: Any) -> Path:
+        path = self.dir / f"{stem}.json"
+        write_json(path, _finite(obj))
+        return self._record(path)
+
+    def check(
+        self, claim: str, expected: str, measured: str, agrees: bool | None, source: str
+    ) -> dict[str, Any]:
+        """Record and log one comparison with the literature (agrees None: cannot be judged)."""
+        item = {
+            "claim": claim,
+            "source": source,
+            "expected": expected,
+            "measured": measured,
+            "agrees": agrees,
+        }
+        self.checks.append(item)
+        log.info(
+            "%s: %s\n  expected: %s; measured: %s; agrees: %s",
+            self.name,
+            claim,
+            expected,
+            measured,
+            yes_no(agrees),
+        )
+        return item
+
+    def close(self) -> None:
+        """Write the checks to TensorBoard as text, flush and close the event file."""
+        if self.checks:
+            text = "\n\n".join(
+                f"**{c['claim']}** ({c['source']})  \nexpected: {c['expected']}  \n"
+                f"measured: {c['measured']}  \nagrees: {yes_no(c['agrees'])}"
+                for c in self.checks
+            )
+            self.writer.add_text(f"{self.name}/checks", text)
+        if self._writer is not None:
+            self._writer.close()
+            self.written.extend(sorted((self.dir / "tensorboard").glob("events.out.tfevents.*")))
+
+
+def _csv_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot styles: one colour per depth, plain dashed, residual solid (He et al. 2015, Figs. 6-7)
+
+
+def depth_colors(depths: Sequence[int]) -> dict[int, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {d: cmap(i % 10) for i, d in enumerate(sorted(set(depths)))}
+
+
+def integer_ticks(ax) -> None:
+    """Only whole numbers on the x-axis (layer, block, k)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def line_style(residual: bool) -> str:
+    return "-" if residual else "--"
+
+
+def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
+    """A matplotlib Figure (no pyplot state, no GUI backend) and its axes grid."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def group_by_arch(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs of the same architecture (several seeds) together, in the runs' order."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.arch, []).append(r)
+    return groups
+
+
+def pairs_by_depth(values: dict[Run, float]) -> dict[int, tuple[float, float]]:
+    """Per depth with both kinds (basic blocks): (mean over plain runs, mean over residual runs)."""
+    by: dict[int, dict[bool, list[float]]] = {}
+    for run, v in values.items():
+        if run.block == "basic" and math.isfinite(v):
+            by.setdefault(run.depth, {}).setdefault(run.residual, []).append(v)
+    return {
+        d: (sum(k[False]) / len(k[False]), sum(k[True]) / len(k[True]))
+        for d, k in sorted(by.items())
+        if False in k and True in k
+    }

@@ -183,6 +183,7 @@ def train_task(cfg) -> dict:
     """One Hydra job: train, or report a user error in one line (no traceback)."""
     from resexp.train import EXIT_DIVERGED, EXIT_INTERRUPTED, StopRequested, fit
 
+    config_module.register()  # a launcher's worker process resolves ${arch:...} too
     try:
         summary = fit(cfg)
     except StopRequested as e:
@@ -359,6 +360,7 @@ def sweep_task(cfg) -> dict | None:
     from resexp.sweep import run_job
     from resexp.train import fit
 
+    config_module.register()  # a launcher's worker process resolves ${arch:...} too
     return run_job(cfg, fit)
 
 
@@ -399,6 +401,54 @@ def compare_command(
     except ResexpError as e:
         _fail(e, False)
     print_report(result)
+
+
+@app.command("analyze", context_settings=EXTRA_ARGS)
+def analyze_command(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="responses | gradients | lesion | landscape | shattering"),
+    ] = None,
+    target: Annotated[
+        Path | None, typer.Argument(help="A run or study directory (default: the latest study).")
+    ] = None,
+    list_analyses: Annotated[
+        bool, typer.Option("--list", help="List the analyses and their options.")
+    ] = False,
+    verbose: Verbose = False,
+) -> None:
+    """Why residuals work, measured on your runs: responses (He et al. Fig. 7), gradients,
+    lesion (Veit et al. 2016), landscape (Li et al. 2018), shattering (Balduzzi et al. 2017).
+
+    \b
+      resexp analyze responses outputs/degradation
+      resexp analyze lesion outputs/degradation images=0 draws=5
+      resexp analyze landscape outputs/degradation steps_2d=21
+      resexp analyze shattering
+    Options are option=value (`resexp analyze --list` shows them all with their defaults).
+    Writes a PNG, a CSV and a JSON (with what the literature expects and whether it agrees)
+    and TensorBoard images to TARGET/analysis/NAME/.
+    """
+    from resexp.analysis import ANALYSES, analyze, help_text, parse_options
+    from resexp.compare import find_study
+
+    if list_analyses or name is None:
+        typer.echo(help_text())
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if name not in ANALYSES:
+            from resexp.errors import ConfigError
+
+            raise ConfigError(f"unknown analysis {name!r}: choose one of {', '.join(ANALYSES)}")
+        if target is None and name != "shattering":
+            target = find_study(Path("outputs"))
+        paths = analyze(name, target or Path("outputs"), **parse_options(list(ctx.args)))
+    except ResexpError as e:
+        _fail(e, verbose)
+    for path in paths:
+        typer.echo(f"wrote {path}")
 
 
 def main() -> None:

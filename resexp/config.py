@@ -82,6 +82,7 @@ class Config:
     channels_last: str = "auto"  # auto (on CUDA) | true | false
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard
     output_root: str = "outputs"
     data_dir: str = "${oc.env:RESEXP_DATA_DIR,data}"
     run_dir: str = "${output_root}/${name}/${arch:${residual},${block},${depth}}/seed${seed}"

@@ -90,7 +90,14 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
     for key, value in preset.items():
         (o,) = parser.parse_overrides([f"{key}={value}"])
         sweeps[key] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
-    sweeps.update(cli_sweeps)  # the command line wins over the preset, as in Hydra's sweeper
+    # The command line wins over the preset, as in Hydra's sweeper: `depth=20,56` or a single
+    # `depth=56` replaces the preset's depth axis.
+    sweeps.update(cli_sweeps)
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override() and key in sweeps:
+            sweeps[key] = [o.input_line.split("=", 1)[1]]
+            base.remove(o.input_line)
     launcher = str(hydra_cfg.hydra.launcher.get("_target_", "basic")).split(".")[-1]
 
     runs = []

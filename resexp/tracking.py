@@ -200,6 +200,31 @@ class Tracker:
         self.writer.close()
 
 
+def log_gradient_stats(
+    writer: Any, model: torch.nn.Module, step: int, histograms: bool = True
+) -> None:
+    """Write ``grad_norm/<layer>`` scalars and ``weights/<layer>`` histograms for ``step``.
+
+    Call it after ``loss.backward()`` (it reads ``.grad``) and before the next ``zero_grad``.
+    Covers every weight with 2 or more dimensions (convs, projections, the fc layer). The norms
+    reach the host in one transfer (one synchronisation); histograms copy the weights. Nothing
+    in the model or its gradients changes. Works on a ``torch.compile``d model too.
+    """
+    named = [
+        (name.removeprefix("_orig_mod.").removesuffix(".weight"), p)
+        for name, p in model.named_parameters()
+        if p.dim() > 1 and p.grad is not None
+    ]
+    if not named:
+        return
+    norms = torch.stack([p.grad.detach().float().norm() for _, p in named]).cpu().tolist()
+    for (name, _), n in zip(named, norms, strict=True):
+        writer.add_scalar(f"grad_norm/{name}", n, step)
+    if histograms:
+        for name, p in named:
+            writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+
+
 # ----------------------------------------------------------------------------------------------
 # Progress: a live bar in a terminal, one plain line per evaluation elsewhere
 

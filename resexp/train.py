@@ -35,6 +35,7 @@ from resexp.tracking import (
     Progress,
     Tracker,
     load_checkpoint,
+    log_gradient_stats,
     read_json,
     save_checkpoint,
     write_json,
@@ -567,6 +568,8 @@ def _train(
             loss, wrong = train_step(step_model, optimizer, x, y, amp_dtype)
             counters.add(iteration, loss, wrong, len(y))
             iteration += 1
+            if cfg.log_gradients_every and iteration % cfg.log_gradients_every == 0:
+                log_gradient_stats(tracker.writer, model, iteration)  # reads the host once
             images += len(y)
             if warming_up and iteration % sched.warmup.check_every == 0:
                 warm_error = counters.take_warmup()

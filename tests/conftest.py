@@ -56,3 +56,9 @@ def cifar10_jpeg() -> Path:
     if not CIFAR10_JPEG.exists():
         pytest.skip(f"the CIFAR-10 JPEG archive is not at {CIFAR10_JPEG} (../shared/data)")
     return CIFAR10_JPEG
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpeg_cache(tmp_path_factory) -> Path:
+    """One cache folder for the session, so the archive is unpacked and decoded only once."""
+    return tmp_path_factory.mktemp("cifar10-jpeg-cache")

@@ -307,11 +307,10 @@ def test_unknown_source_lists_the_sources(tmp_path):
         load_data(data_cfg(tmp_path, source="imagenet"))
 
 
-def test_real_cifar10_jpeg_archive(cifar10_jpeg, tmp_path_factory, caplog):
+def test_real_cifar10_jpeg_archive(cifar10_jpeg, cifar10_jpeg_cache, caplog):
     # cifar10_jpeg (conftest.py): ../shared/data/cifar10-jpeg.tar.xz, or a skip that says so.
     # About 20 s on 2 idle cores (unpack about 10, decode 5); twice that on busy ones.
-    cache = tmp_path_factory.mktemp("cifar10-jpeg")
-    cfg = DataConfig(source="folder", root=str(cifar10_jpeg), cache_dir=str(cache))
+    cfg = DataConfig(source="folder", root=str(cifar10_jpeg), cache_dir=str(cifar10_jpeg_cache))
     start = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="resexp.data"):
         data = prepare_data(cfg)

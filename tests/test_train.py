@@ -147,3 +147,28 @@ def test_diverging_run_stops_with_status_diverged(compose_cfg):
     # ... and no evaluation row or checkpoint holds the NaN weights.
     assert not (Path(cfg.run_dir) / "checkpoint.pt").exists()
     assert (Path(cfg.run_dir) / "metrics.jsonl").read_text() == ""
+
+
+@pytest.mark.slow
+def test_short_run_on_the_real_cifar10_jpeg_copy_learns(
+    compose_cfg, cifar10_jpeg, cifar10_jpeg_cache
+):
+    # CIFAR-10 itself (re-encoded as JPEG, ../shared/data): a few hundred CPU steps of ResNet-8
+    # on a 5k-image subset must end clearly better than chance (90% error) on 2k test images.
+    cfg = compose_cfg(
+        "depth=8",
+        "data=folder",
+        f"data.root={cifar10_jpeg}",
+        f"data.cache_dir={cifar10_jpeg_cache}",
+        "data.train_size=5000",
+        "data.test_size=2000",
+        "schedule.iterations=300",
+        "schedule.batch_size=64",
+        "schedule.eval_every=100",
+        "device=cpu",
+        "progress=none",
+    )
+    summary = fit(cfg)
+    assert summary["status"] == "completed"
+    assert "50000 train / 10000 test" in summary["data"] or "5000" in summary["data"]
+    assert summary["test_error"] < 65, summary

@@ -71,7 +71,6 @@ def conv_gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> list[tuple[st
     return [(name, n) for (name, _), n in zip(layers, norms, strict=True)]
 
 
-@torch.no_grad()
 def analyze_gradients(
     runs: list[Run], out: Output, settings: Settings, grad_images: int = 128
 ) -> None:

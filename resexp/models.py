@@ -126,9 +126,14 @@ def make_shortcut(in_planes: int, planes: int, stride: int, shortcut: str) -> nn
 class _Block(nn.Module):
     """What all blocks share: the residual flag, the shape change, and the lesion switch."""
 
-    residual: bool
-    same_shape: bool
-    lesioned: bool
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: Shortcut
+    ) -> None:
+        super().__init__()
+        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut) if residual else None
+        self.residual = residual
+        self.same_shape = stride == 1 and in_planes == planes
+        self.lesioned = False
 
     def lesion(self, on: bool = True) -> None:
         """Replace the block by its shortcut at test time (Veit et al. 2016), or undo that.
@@ -159,15 +164,11 @@ class BasicBlock(_Block):
         residual: bool = True,
         shortcut: Shortcut = "A",
     ) -> None:
-        super().__init__()
+        super().__init__(in_planes, planes, stride, residual, shortcut)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut) if residual else None
-        self.residual = residual
-        self.same_shape = stride == 1 and in_planes == planes
-        self.lesioned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lesioned:
@@ -196,15 +197,11 @@ class PreActBlock(_Block):
         residual: bool = True,
         shortcut: Shortcut = "A",
     ) -> None:
-        super().__init__()
+        super().__init__(in_planes, planes, stride, residual, shortcut)
         self.bn1 = nn.BatchNorm2d(in_planes)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
-        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut) if residual else None
-        self.residual = residual
-        self.same_shape = stride == 1 and in_planes == planes
-        self.lesioned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lesioned:
@@ -235,19 +232,15 @@ class HighwayBlock(_Block):
         shortcut: Shortcut = "A",
         gate_bias: float = HIGHWAY_GATE_BIAS,
     ) -> None:
-        super().__init__()
         if not residual:
             raise ValueError("a highway block always has its (gated) shortcut: use residual=True")
+        super().__init__(in_planes, planes, stride, residual, shortcut)
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.gate = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
         nn.init.constant_(self.gate.bias, gate_bias)
-        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut)
-        self.residual = True
-        self.same_shape = stride == 1 and in_planes == planes
-        self.lesioned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lesioned:  # a gate shut on the transform path: T = 0

@@ -70,6 +70,17 @@ class Run:
     def label(self) -> str:
         return f"{self.arch}/seed{self.seed}"
 
+    @property
+    def identity(self) -> dict:
+        """The columns that say which run a row of numbers belongs to."""
+        return {
+            "run": self.label,
+            "arch": self.arch,
+            "depth": self.depth,
+            "residual": self.residual,
+            "seed": self.seed,
+        }
+
     def build(self) -> CifarResNet:
         """The network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
         torch.manual_seed(self.seed)

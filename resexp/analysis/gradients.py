@@ -95,11 +95,7 @@ def analyze_gradients(
                 for i, (name, n) in enumerate(norms, start=1):
                     rows.append(
                         {
-                            "run": run.label,
-                            "arch": run.arch,
-                            "depth": run.depth,
-                            "residual": run.residual,
-                            "seed": run.seed,
+                            **run.identity,
                             "state": state,
                             "iteration": iteration,
                             "layer": i,

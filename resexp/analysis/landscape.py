@@ -225,11 +225,7 @@ def analyze_landscape(
 
 def _row(run: Run, kind: str, a: float, b: float, loss: float, error: float) -> dict:
     return {
-        "run": run.label,
-        "arch": run.arch,
-        "depth": run.depth,
-        "residual": run.residual,
-        "seed": run.seed,
+        **run.identity,
         "kind": kind,
         "alpha": a,
         "beta": b,

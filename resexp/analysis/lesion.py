@@ -206,11 +206,7 @@ def _measure(
 def _rows(run: Run, r: dict) -> list[dict]:
     """The CSV rows of one run: one per single-block lesion, one per random draw."""
     common = {
-        "run": run.label,
-        "arch": run.arch,
-        "depth": run.depth,
-        "residual": run.residual,
-        "seed": run.seed,
+        **run.identity,
         "iteration": r["iteration"],
         "baseline_error": r["baseline_error"],
     }

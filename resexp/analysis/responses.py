@@ -158,11 +158,7 @@ def analyze_responses(
 
 def _row(run: Run, iteration: int, layer: int, name: str, std: float) -> dict:
     return {
-        "run": run.label,
-        "arch": run.arch,
-        "depth": run.depth,
-        "residual": run.residual,
-        "seed": run.seed,
+        **run.identity,
         "iteration": iteration,
         "layer": layer,
         "name": name,

@@ -141,14 +141,32 @@ def lr_at(iteration: int, schedule: Any, warming_up: bool = False) -> float:
 # One step
 
 
-def make_optimizer(model: torch.nn.Module, schedule: Any) -> torch.optim.SGD:
-    """SGD with momentum and weight decay on every parameter (He et al. 2015, sec. 4.2)."""
+def make_optimizer(model: torch.nn.Module, schedule: Any, fused: bool = False) -> torch.optim.SGD:
+    """SGD with momentum and weight decay on every parameter (He et al. 2015, sec. 4.2).
+
+    ``fused`` (used on CUDA) updates all parameters in one kernel and holds the learning rate in
+    a tensor on the device, so changing it (``set_lr``) neither syncs nor recompiles a
+    ``torch.compile``d step.
+    """
+    lr: float | torch.Tensor = schedule.lr
+    if fused:
+        lr = torch.tensor(schedule.lr, device=next(model.parameters()).device)
     return torch.optim.SGD(
         model.parameters(),
-        lr=schedule.lr,
+        lr=lr,
         momentum=schedule.momentum,
         weight_decay=schedule.weight_decay,
+        fused=fused or None,
     )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate in place (a tensor lr keeps its identity and device)."""
+    for group in optimizer.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
 
 
 def train_step(
@@ -444,7 +462,7 @@ def _train(
     mean, std = mean_std(data.train_x, cfg.data.normalize)
     step_model = torch.compile(model) if cfg.compile else model
     sched = cfg.schedule
-    optimizer = make_optimizer(model, sched)
+    optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
     batches = TrainBatches(
@@ -562,8 +580,7 @@ def _train(
             guard.check()
 
             lr = lr_at(iteration, sched, warming_up)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             x, y = batches.next()
             loss, wrong = train_step(step_model, optimizer, x, y, amp_dtype)
             counters.add(iteration, loss, wrong, len(y))

@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.errors import ConfigError
-from resexp.train import config_differences, fit, lr_at, select_device
+from resexp.train import config_differences, fit, lr_at, make_optimizer, select_device, set_lr
 from tests.conftest import TINY
 
 
@@ -37,6 +37,27 @@ def test_shorter_schedule_moves_the_drops_along(compose_cfg):
 def test_warmup_holds_lr_at_0_01():
     sched = type("S", (), {"warmup": type("W", (), {"lr": 0.01})()})()
     assert lr_at(10, sched, warming_up=True) == 0.01
+
+
+def test_fused_sgd_with_a_tensor_lr_matches_plain_sgd(compose_cfg):
+    # The CUDA path: one fused kernel and the lr in a tensor (no recompiles at the lr drops).
+    sched = compose_cfg().schedule
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    b = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    b.load_state_dict(a.state_dict())
+    plain, fused = make_optimizer(a, sched), make_optimizer(b, sched, fused=True)
+    assert torch.is_tensor(fused.param_groups[0]["lr"])
+    x = torch.randn(16, 8)
+    for lr in (0.1, 0.1, 0.01):
+        for model, opt in ((a, plain), (b, fused)):
+            set_lr(opt, lr)
+            opt.zero_grad()
+            model(x).pow(2).sum().backward()
+            opt.step()
+    assert fused.param_groups[0]["lr"].item() == pytest.approx(0.01)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
 
 
 def test_auto_device_is_cpu_without_accelerators():

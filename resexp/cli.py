@@ -451,6 +451,69 @@ def analyze_command(
         typer.echo(f"wrote {path}")
 
 
+@app.command("bench")
+def bench_command(
+    depth: Annotated[int, typer.Option(help="6n+2 layers.")] = 20,
+    residual: Annotated[bool, typer.Option(help="Residual or plain net.")] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Mini-batch (the paper: 128).")] = 128,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
+    compile: Annotated[
+        str, typer.Option(help="none | default | reduce-overhead | max-autotune-no-cudagraphs")
+    ] = "none",
+    channels_last: Annotated[str, typer.Option(help="auto | true | false")] = "auto",
+    threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
+    iterations: Annotated[int, typer.Option(help="Timed steps per loop.")] = 50,
+    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 10,
+    eval_images: Annotated[int, typer.Option(help="Images in the evaluation timing.")] = 2000,
+    baseline: Annotated[
+        bool, typer.Option(help="Also time the conventional DataLoader + PIL loop.")
+    ] = True,
+    data: Annotated[str, typer.Option(help="synthetic | folder")] = "synthetic",
+    data_root: Annotated[str | None, typer.Option(help="For data=folder.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Where to write the JSON result.")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Measure training images/s, the data path's share, evaluation speed and memory, beside
+    a conventional DataLoader/PIL/eager-fp32 loop on the same model and batch (issue: speed).
+
+    Prints a table and writes JSON (default outputs/bench/resnet-20-cpu.json)."""
+    import json
+
+    from rich.console import Console
+
+    from resexp.bench import bench, format_table
+    from resexp.tracking import write_json
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = bench(
+            depth=depth,
+            residual=residual,
+            device=device,
+            batch_size=batch_size,
+            precision=precision,
+            compile=compile,
+            channels_last=channels_last,
+            threads=threads,
+            iterations=iterations,
+            warmup=warmup,
+            eval_images=eval_images,
+            baseline=baseline,
+            data=data,
+            data_root=data_root,
+        )
+    except ResexpError as e:
+        _fail(e, verbose)
+    Console().print(format_table(result))
+    name = f"{result['model']['arch']}-{result['machine']['device']}"
+    path = json_path or Path("outputs") / "bench" / f"{name.replace(':', '')}.json"
+    write_json(path, json.loads(json.dumps(result, default=str)))
+    typer.echo(f"wrote {path}")
+
+
 def main() -> None:
     """Entry point of the ``resexp`` console script."""
     app()

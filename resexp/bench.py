@@ -1,0 +1,609 @@
+"""``resexp bench``: how fast resexp trains and evaluates, beside a conventional loop, same run.
+
+What is measured is resexp's own training step (``train.train_step`` on ``data.TrainBatches``, with
+the loop's per-step lr setting and on-device counters), after warm-up. Beside it, in the same
+process and on the same images, runs the loop most public reproductions of He et al. 2015,
+sec. 4.2 use (e.g. akamaster/pytorch_resnet_cifar10): a torchvision ``DataLoader`` over PIL images
+with RandomCrop(32, 4) / RandomHorizontalFlip / ToTensor / Normalize, an eager fp32 model, and
+``.item()`` bookkeeping every step. Both train the same network with the same SGD; the speed-up is
+a ratio measured side by side. The timed steps alternate between the two in ``rounds`` blocks, so
+a change in the machine's load during the run touches both alike.
+
+Numbers reported: training images/s and ms per step; the share of a step spent producing the
+batch (augmentation and batching); evaluation images/s; peak memory (process RSS on the CPU,
+``max_memory_allocated`` on CUDA); the time of the first step and evaluation (torch.compile's
+compile time lands there); and the machine: torch, device, CPU model, cores, threads, load.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from resexp.config import DataConfig, ScheduleConfig, arch_name
+from resexp.data import ImageData, TrainBatches, load_data, mean_std
+from resexp.errors import ConfigError
+from resexp.models import build_model, count_parameters
+from resexp.train import (
+    Counters,
+    autocast_dtype,
+    evaluate,
+    lr_at,
+    make_optimizer,
+    select_device,
+    train_step,
+)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+DATA_SOURCES = ("synthetic", "cifar10", "folder")
+SYNTHETIC_TRAIN_IMAGES = 10_000  # enough for many distinct batches; generated in about a second
+BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
+
+
+# ----------------------------------------------------------------------------------------------
+# Setup: options, data, the machine
+
+
+def _check_options(
+    compile: str, channels_last: str, iterations: int, warmup: int, rounds: int, data: str
+) -> None:
+    problems = []
+    if compile not in COMPILE_MODES:
+        problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}")
+    if channels_last not in ("auto", "true", "false"):
+        problems.append(f"channels_last must be auto, true or false, not {channels_last!r}")
+    if iterations < 1 or warmup < 1 or rounds < 1:
+        problems.append("iterations, warmup and rounds must be at least 1")
+    if data not in DATA_SOURCES:
+        problems.append(f"data must be one of {', '.join(DATA_SOURCES)}, not {data!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def use_channels_last(option: str, device: torch.device) -> bool:
+    """``true``/``false``, or ``auto``: the rule ``train.fit`` applies (channels_last on CUDA)."""
+    return option == "true" or (option == "auto" and device.type == "cuda")
+
+
+def _load(data: str, data_root: str | None, eval_images: int) -> ImageData:
+    """Generated images (no download) or a real data set, with ``eval_images`` test images."""
+    cfg = OmegaConf.structured(DataConfig(source=data, test_size=eval_images))
+    if data == "synthetic":
+        cfg.train_size = SYNTHETIC_TRAIN_IMAGES
+    else:
+        if data_root is None:
+            raise ConfigError(f"data={data} needs data_root (a CIFAR-10 folder or image folder)")
+        cfg.root = str(data_root)
+        cfg.cache_dir = str(Path(os.environ.get("RESEXP_DATA_DIR", "data")) / "cache")
+    return load_data(cfg)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class Block:
+    """A timed run of consecutive training steps."""
+
+    steps: int
+    wall_s: float  # the steps' wall time, device work included
+    data_s: float  # the part spent producing the batches (augmentation, batching, copies)
+    step_s: list[float]  # each step's wall time; empty where the device runs asynchronously
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` steps in ``parts`` blocks as even as possible, e.g. 10 in 3 -> [4, 3, 3]."""
+    parts = min(parts, total)
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+# ----------------------------------------------------------------------------------------------
+# resexp's loop: device-resident data, train.train_step, counters on the device
+
+
+class _Ours:
+    """resexp's training loop, cut into timed blocks of steps."""
+
+    def __init__(
+        self,
+        depth: int,
+        residual: bool,
+        data: ImageData,
+        device: torch.device,
+        batch_size: int,
+        amp_dtype: torch.dtype | None,
+        memory_format: torch.memory_format,
+        compile: str,
+    ) -> None:
+        torch.manual_seed(0)
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.memory_format = memory_format
+        self.model = build_model(depth, residual).to(device=device, memory_format=memory_format)
+        self.step_model = self.model
+        if compile != "none":
+            mode = None if compile == "default" else compile
+            self.step_model = torch.compile(self.model, mode=mode)
+        self.data = data.to(device)
+        self.mean, self.std = mean_std(self.data.train_x, "pixel_mean")
+        self.schedule = OmegaConf.structured(ScheduleConfig(batch_size=batch_size))
+        self.optimizer = make_optimizer(self.model, self.schedule)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0)
+        self.batches = TrainBatches(
+            self.data.train_x,
+            self.data.train_y,
+            batch_size,
+            self.mean,
+            self.std,
+            generator,
+            memory_format=memory_format,
+        )
+        self.counters = Counters(device)
+        self.iteration = 0
+        self.model.train()
+
+    def steps(self, n: int) -> Block:
+        """Run ``n`` steps, timing them and the part spent producing batches."""
+        cuda = self.device.type == "cuda"
+        marks, step_s = [], []
+        data_time = 0.0
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            step_start = time.perf_counter()
+            lr = lr_at(self.iteration, self.schedule)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            if cuda:  # events, not a sync per step: the steady state stays free of host syncs
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
+                begin.record()
+                x, y = self.batches.next()
+                end.record()
+                marks.append((begin, end))
+            else:
+                t = time.perf_counter()
+                x, y = self.batches.next()
+                data_time += time.perf_counter() - t
+            loss, wrong = train_step(self.step_model, self.optimizer, x, y, self.amp_dtype)
+            self.counters.add(self.iteration, loss, wrong, len(y))
+            self.iteration += 1
+            if not cuda:
+                step_s.append(time.perf_counter() - step_start)
+        _sync(self.device)
+        elapsed = time.perf_counter() - start
+        if cuda:
+            data_time = sum(b.elapsed_time(e) for b, e in marks) / 1000
+        return Block(n, elapsed, data_time, step_s)
+
+    def evaluate(self) -> float:
+        """One pass over the test images the way ``fit`` evaluates; returns its wall time (s)."""
+        _sync(self.device)
+        start = time.perf_counter()
+        evaluate(
+            self.step_model,
+            self.data.test_x,
+            self.data.test_y,
+            self.mean,
+            self.std,
+            self.schedule.eval_batch_size,
+            self.amp_dtype,
+            self.memory_format,
+        )
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# The conventional loop: DataLoader, PIL transforms, eager fp32, .item() every step
+
+
+class PILImages(torch.utils.data.Dataset):
+    """uint8 images as torchvision's CIFAR10 dataset serves them: an (N, 32, 32, 3) array, each
+    item turned into a PIL image and passed through ``transform``."""
+
+    def __init__(self, x_uint8: torch.Tensor, y: torch.Tensor, transform: Callable) -> None:
+        self.data = x_uint8.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (N, H, W, C)
+        self.targets = y.cpu().tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[i])), self.targets[i]
+
+
+def baseline_transforms(train_x: torch.Tensor, train: bool) -> Callable:
+    """akamaster's pipeline, with this data set's per-channel mean and std."""
+    from torchvision import transforms
+
+    mean, std = mean_std(train_x.cpu(), "channel_std")
+    normalize = transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())
+    if not train:
+        return transforms.Compose([transforms.ToTensor(), normalize])
+    return transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+
+
+def baseline_workers() -> int:
+    """DataLoader workers as common reproductions set them, capped at this machine's cores."""
+    return max(1, min(BASELINE_MAX_WORKERS, os.cpu_count() or 1))
+
+
+class _Baseline:
+    """The conventional loop, cut into timed blocks of steps."""
+
+    def __init__(
+        self, depth: int, residual: bool, data: ImageData, device: torch.device, batch_size: int
+    ) -> None:
+        torch.manual_seed(0)
+        self.device = device
+        self.batch_size = batch_size
+        self.model = build_model(depth, residual).to(device)
+        schedule = ScheduleConfig()
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=schedule.lr,
+            momentum=schedule.momentum,
+            weight_decay=schedule.weight_decay,
+        )
+        self.workers = baseline_workers()
+        self.pin_memory = device.type == "cuda"
+        self.train_set = PILImages(
+            data.train_x, data.train_y, baseline_transforms(data.train_x, train=True)
+        )
+        self.test_set = PILImages(
+            data.test_x, data.test_y, baseline_transforms(data.train_x, train=False)
+        )
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            drop_last=True,  # every step the same batch size, as resexp's
+        )
+        self._iterator: Iterator | None = None
+        self.losses: list[float] = []  # what an AverageMeter would be fed
+        self.model.train()
+
+    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        while True:
+            if self._iterator is None:
+                self._iterator = iter(self.train_loader)  # a new epoch: workers start again
+            try:
+                return next(self._iterator)
+            except StopIteration:
+                self._iterator = None
+
+    def steps(self, n: int) -> Block:
+        """Run ``n`` steps, timing them and the wait for each batch (workers, copy)."""
+        data_time, step_s = 0.0, []
+        _sync(self.device)
+        start = time.perf_counter()
+        for _ in range(n):
+            t = time.perf_counter()
+            x, y = self._next()
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            _sync(self.device)
+            data_time += time.perf_counter() - t
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            correct = (out.argmax(1) == y).sum()
+            self.losses.append(loss.item())  # a host sync every step
+            self.losses.append(100.0 * correct.item() / len(y))
+            step_s.append(time.perf_counter() - t)  # .item() synchronised already
+        _sync(self.device)
+        return Block(n, time.perf_counter() - start, data_time, step_s)
+
+    def close(self) -> None:
+        """Stop the workers (as the end of an epoch would), so their peak RSS can be read."""
+        self._iterator = None
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """One pass over the test images with a fresh DataLoader, as each epoch's validation."""
+        loader = torch.utils.data.DataLoader(
+            self.test_set,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+        )
+        self.model.eval()
+        _sync(self.device)
+        start = time.perf_counter()
+        for x, y in loader:
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            out = self.model(x)
+            self.losses.append(F.cross_entropy(out, y).item())
+            self.losses.append((out.argmax(1) == y).sum().item())
+        _sync(self.device)
+        elapsed = time.perf_counter() - start
+        self.model.train()
+        return elapsed
+
+
+# ----------------------------------------------------------------------------------------------
+# The measurement
+
+
+def bench(
+    depth: int = 20,
+    residual: bool = True,
+    device: str = "auto",
+    batch_size: int = 128,
+    precision: str = "auto",
+    compile: str = "none",
+    channels_last: str | bool = "auto",
+    threads: int = 0,
+    iterations: int = 50,
+    warmup: int = 10,
+    eval_images: int = 2000,
+    baseline: bool = True,
+    data: str = "synthetic",
+    data_root: str | None = None,
+    rounds: int = 5,
+) -> dict[str, Any]:
+    """Measure resexp's training step, evaluation and memory, and the conventional loop beside it.
+
+    ``iterations`` timed steps per loop follow ``warmup`` untimed ones; the timed steps run in
+    ``rounds`` blocks that alternate between resexp and the baseline. Returns a JSON-ready dict.
+    """
+    options = dict(locals())
+    if isinstance(channels_last, bool):  # a CLI flag may hand over a bool
+        channels_last = options["channels_last"] = str(channels_last).lower()
+    _check_options(compile, channels_last, iterations, warmup, rounds, data)
+    try:
+        build_model(depth, residual)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if eval_images < 1:
+        raise ConfigError("eval_images must be at least 1")
+    dev = select_device(device)
+    amp_dtype = autocast_dtype(precision, dev)
+    channels = torch.channels_last if use_channels_last(channels_last, dev) else None
+    memory_format = channels or torch.contiguous_format
+    images = _load(data, data_root, eval_images)
+    if not 0 < batch_size <= len(images.train_y):
+        raise ConfigError(f"batch_size must be between 1 and {len(images.train_y)} (the images)")
+
+    threads_before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)  # both loops run with it; restored at the end
+    try:
+        return _measure(options, images, dev, amp_dtype, memory_format, _split(iterations, rounds))
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _measure(
+    options: dict[str, Any],
+    images: ImageData,
+    dev: torch.device,
+    amp_dtype: torch.dtype | None,
+    memory_format: torch.memory_format,
+    blocks: list[int],
+) -> dict[str, Any]:
+    depth, residual, batch_size = options["depth"], options["residual"], options["batch_size"]
+    compile, warmup = options["compile"], options["warmup"]
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as train.fit
+        torch.cuda.reset_peak_memory_stats(dev)
+    load_before = _load_average()
+    started = datetime.now(timezone.utc)
+
+    # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
+    ours = _Ours(depth, residual, images, dev, batch_size, amp_dtype, memory_format, compile)
+    first_step_s = ours.steps(1).wall_s
+    ours.steps(warmup - 1)
+    first_eval_s = ours.evaluate()
+    ours_times = [ours.steps(blocks[0])]
+    ours_rss = _peak_rss_mib()
+    ours_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+
+    base = None
+    base_times: list[Block] = []
+    if options["baseline"]:
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        base = _Baseline(depth, residual, images, dev, batch_size)
+        base_first_step_s = base.steps(1).wall_s
+        base.steps(warmup - 1)
+        base_times.append(base.steps(blocks[0]))
+
+    # The remaining blocks alternate, so that both loops see the same load.
+    for n in blocks[1:]:
+        ours_times.append(ours.steps(n))
+        if base is not None:
+            base_times.append(base.steps(n))
+    ours_eval_s = ours.evaluate()
+
+    result: dict[str, Any] = {
+        "options": options,
+        "machine": {
+            "date": started.isoformat(timespec="seconds"),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(dev),
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model(),
+            "cpu_model": _cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": torch.get_num_threads(),
+            "load_average_before": load_before,
+            "load_average_after": None,  # filled below
+        },
+        "model": {
+            "arch": arch_name(residual, "basic", depth),
+            "params": count_parameters(ours.model),
+            "data": images.description,
+        },
+        "resexp": {
+            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+            "channels_last": memory_format == torch.channels_last,
+            "compile": compile,
+            **_rates(ours_times, batch_size),
+            "eval_images_per_s": len(images.test_y) / ours_eval_s,
+            "eval_batch_size": ours.schedule.eval_batch_size,
+            "first_step_s": first_step_s,
+            "first_eval_s": first_eval_s,
+            "peak_rss_mib": ours_rss,
+            "peak_cuda_mib": ours_cuda,
+        },
+        "baseline": None,
+        "speedup": None,
+        "eval_speedup": None,
+    }
+    if base is not None:
+        base_eval_s = base.evaluate()
+        base.close()
+        base_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        result["baseline"] = {
+            "precision": "fp32",
+            "channels_last": False,
+            "compile": "none",
+            "workers": base.workers,
+            "pin_memory": base.pin_memory,
+            "transforms": [type(t).__name__ for t in base.train_set.transform.transforms],
+            **_rates(base_times, batch_size),
+            "eval_images_per_s": len(images.test_y) / base_eval_s,
+            "eval_batch_size": batch_size,
+            "first_step_s": base_first_step_s,
+            # The process's peak includes resexp's (measured first); the workers' is separate.
+            "peak_rss_mib": _peak_rss_mib(),
+            "workers_peak_rss_mib": _peak_rss_mib(resource.RUSAGE_CHILDREN),
+            "peak_cuda_mib": base_cuda,
+        }
+        result["speedup"] = result["resexp"]["images_per_s"] / result["baseline"]["images_per_s"]
+        result["eval_speedup"] = (
+            result["resexp"]["eval_images_per_s"] / result["baseline"]["eval_images_per_s"]
+        )
+    result["machine"]["load_average_after"] = _load_average()
+    return result
+
+
+def _rates(blocks: list[Block], batch_size: int) -> dict[str, Any]:
+    """Throughput over all timed blocks, its spread across blocks, and the data path's share."""
+    steps = sum(b.steps for b in blocks)
+    wall = sum(b.wall_s for b in blocks)
+    data = sum(b.data_s for b in blocks)
+    step_s = [t for b in blocks for t in b.step_s]
+    return {
+        "steps": steps,
+        "images_per_s": steps * batch_size / wall,
+        "ms_per_step": 1000 * wall / steps,
+        # The median resists a busy machine's stalls; None where steps run asynchronously (CUDA).
+        "ms_per_step_median": 1000 * statistics.median(step_s) if step_s else None,
+        "data_ms_per_step": 1000 * data / steps,
+        "data_share": data / wall,
+        "images_per_s_by_round": [b.steps * batch_size / b.wall_s for b in blocks],
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+
+
+def format_table(result: dict[str, Any]) -> Table:
+    """The result as a rich Table: resexp, the conventional loop, and their ratio."""
+    from rich.table import Table
+
+    ours, base = result["resexp"], result["baseline"]
+    machine, model = result["machine"], result["model"]
+    load = machine["load_average_before"]
+    setup = (
+        f"{ours['precision']}, {'channels_last' if ours['channels_last'] else 'NCHW'}, "
+        f"compile={ours['compile']}"
+    )
+    table = Table(
+        title=(
+            f"{model['arch']}, batch {result['options']['batch_size']}, {machine['device']} "
+            f"({machine['device_name']}), {machine['threads']} threads, "
+            f"load {' '.join(f'{v:.2f}' for v in load) if load else 'n/a'}"
+        ),
+        caption=f"resexp: {setup}. Baseline: DataLoader with {base['workers']} workers, PIL "
+        "transforms, eager fp32, .item() per step."
+        if base
+        else f"resexp: {setup}.",
+    )
+    table.add_column("")
+    table.add_column("resexp", justify="right")
+    if base:
+        table.add_column("baseline", justify="right")
+        table.add_column("ratio", justify="right")
+
+    def row(label: str, key: str, fmt: str, ratio: bool = False) -> None:
+        cells = [label, _cell(ours.get(key), fmt)]
+        if base:
+            cells.append(_cell(base.get(key), fmt))
+            a, b = ours.get(key), base.get(key)
+            cells.append(f"{a / b:.2f}x" if ratio and a and b else "")
+        table.add_row(*cells)
+
+    row("train images/s", "images_per_s", "{:.0f}", ratio=True)
+    row("ms per step", "ms_per_step", "{:.1f}")
+    row("ms per step, median", "ms_per_step_median", "{:.1f}")
+    row("data share of a step", "data_share", "{:.1%}")
+    row("eval images/s", "eval_images_per_s", "{:.0f}", ratio=True)
+    row("first step (s)", "first_step_s", "{:.2f}")
+    row("peak RSS (MiB)", "peak_rss_mib", "{:.0f}")
+    if ours.get("peak_cuda_mib") is not None:
+        row("peak CUDA memory (MiB)", "peak_cuda_mib", "{:.0f}")
+    return table
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "n/a" if value is None else fmt.format(value)

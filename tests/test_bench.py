@@ -1,0 +1,199 @@
+"""The benchmark harness: what it reports and what it compares against (never how fast it is)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from resexp import bench as bench_module
+from resexp.bench import COMPILE_MODES, PILImages, baseline_transforms, bench, format_table
+from resexp.errors import ConfigError
+
+TINY = {
+    "depth": 8,
+    "device": "cpu",
+    "batch_size": 8,
+    "iterations": 4,
+    "warmup": 2,
+    "eval_images": 24,
+    "rounds": 2,
+}
+
+RATE_FIELDS = {
+    "steps",
+    "images_per_s",
+    "ms_per_step",
+    "ms_per_step_median",
+    "data_ms_per_step",
+    "data_share",
+    "images_per_s_by_round",
+    "eval_images_per_s",
+    "eval_batch_size",
+    "first_step_s",
+    "peak_rss_mib",
+    "peak_cuda_mib",
+    "precision",
+    "channels_last",
+    "compile",
+}
+
+
+@pytest.fixture(autouse=True)
+def few_images(monkeypatch):
+    """256 generated training images instead of 10,000: the tests check fields, not speed."""
+    monkeypatch.setattr(bench_module, "SYNTHETIC_TRAIN_IMAGES", 256)
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[dict, list]:
+    """One tiny benchmark, and every DataLoader it made."""
+    made = []
+    real = torch.utils.data.DataLoader
+
+    def spy(*args, **kwargs):
+        loader = real(*args, **kwargs)
+        made.append(loader)
+        return loader
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bench_module, "SYNTHETIC_TRAIN_IMAGES", 256)
+        mp.setattr(torch.utils.data, "DataLoader", spy)
+        return bench(**TINY), made
+
+
+@pytest.fixture
+def result(run) -> dict:
+    return run[0]
+
+
+def test_reports_every_field(result):
+    assert set(result) == {
+        "options",
+        "machine",
+        "model",
+        "resexp",
+        "baseline",
+        "speedup",
+        "eval_speedup",
+    }
+    assert result["options"]["depth"] == 8 and result["options"]["compile"] == "none"
+    machine = result["machine"]
+    for key in ("date", "torch", "device", "device_name", "cpu_model", "cores", "threads"):
+        assert machine[key], key
+    assert machine["torch"] == torch.__version__
+    assert len(machine["load_average_before"]) == 3
+    assert result["model"] == {
+        "arch": "resnet-8",
+        "params": 75_290,
+        "data": result["model"]["data"],
+    }
+    assert RATE_FIELDS | {"first_eval_s"} <= set(result["resexp"])
+    assert RATE_FIELDS | {"workers", "pin_memory", "transforms"} <= set(result["baseline"])
+
+
+@pytest.mark.parametrize("loop", ["resexp", "baseline"])
+def test_numbers_are_positive_and_the_data_share_a_fraction(result, loop):
+    r = result[loop]
+    assert r["steps"] == TINY["iterations"]
+    for key in (
+        "images_per_s",
+        "ms_per_step",
+        "ms_per_step_median",
+        "eval_images_per_s",
+        "first_step_s",
+        "peak_rss_mib",
+    ):
+        assert r[key] > 0, key
+    assert len(r["images_per_s_by_round"]) == TINY["rounds"]
+    assert all(v > 0 for v in r["images_per_s_by_round"])
+    assert 0 <= r["data_share"] <= 1
+    assert r["data_ms_per_step"] <= r["ms_per_step"]
+    assert r["peak_cuda_mib"] is None  # CPU: RSS only
+    assert result["speedup"] > 0 and result["eval_speedup"] > 0
+
+
+def test_result_is_json_and_prints_as_a_table(result):
+    assert json.loads(json.dumps(result)) == result
+    console = Console(width=120, record=True)
+    console.print(format_table(result))
+    text = console.export_text()
+    assert "train images/s" in text and "baseline" in text and "resnet-8" in text
+
+
+def test_default_cpu_run_is_the_fp32_resexp_step(result):
+    assert result["resexp"]["precision"] == "fp32"  # precision=auto: bf16 on CUDA only
+    assert result["resexp"]["eval_batch_size"] == 1000  # the schedule's, as train.fit
+
+
+def test_baseline_is_a_dataloader_over_pil_images_with_the_usual_transforms(result):
+    from PIL import Image
+    from torchvision import transforms
+
+    assert result["baseline"]["transforms"] == [
+        "RandomCrop",
+        "RandomHorizontalFlip",
+        "ToTensor",
+        "Normalize",
+    ]
+    assert result["baseline"]["workers"] >= 1
+    assert result["baseline"]["pin_memory"] is False
+    assert result["baseline"]["precision"] == "fp32" and result["baseline"]["compile"] == "none"
+
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    pipeline = baseline_transforms(x, train=True)
+    crop = pipeline.transforms[0]
+    assert isinstance(crop, transforms.RandomCrop) and crop.padding == 4 and crop.size == (32, 32)
+    seen = []
+    images = PILImages(x, torch.arange(4), lambda image: seen.append(image) or torch.zeros(1))
+    images[2]
+    assert isinstance(seen[0], Image.Image) and seen[0].size == (32, 32)
+    assert torch.equal(torch.from_numpy(np.array(seen[0])), x[2].permute(1, 2, 0))  # HWC
+    image, label = PILImages(x, torch.arange(4), pipeline)[1]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32 and label == 1
+
+
+def test_baseline_runs_through_torch_dataloader(run):
+    made = run[1]
+    assert made, "the baseline must use torch.utils.data.DataLoader"
+    train_loader = made[0]
+    assert isinstance(train_loader.dataset, PILImages)
+    assert train_loader.num_workers == bench_module.baseline_workers()
+    assert train_loader.batch_size == TINY["batch_size"]
+
+
+def test_without_baseline_and_with_options():
+    r = bench(**{**TINY, "baseline": False, "channels_last": "true", "threads": 1})
+    assert r["baseline"] is None and r["speedup"] is None
+    assert r["resexp"]["channels_last"] is True
+    assert r["machine"]["threads"] == 1
+
+
+def test_threads_are_restored():
+    before = torch.get_num_threads()
+    bench(**{**TINY, "baseline": False, "threads": 1, "iterations": 1, "rounds": 1})
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"compile": "fast"},
+        {"channels_last": "yes"},
+        {"depth": 21},
+        {"iterations": 0},
+        {"data": "imagenet"},
+        {"precision": "fp8"},
+        {"batch_size": 0},
+    ],
+)
+def test_bad_options_are_refused(override):
+    with pytest.raises(ConfigError):
+        bench(**{**TINY, **override})
+
+
+def test_compile_modes_cover_the_cuda_ones():
+    assert COMPILE_MODES == ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")

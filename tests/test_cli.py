@@ -67,3 +67,23 @@ def test_help_lists_the_choices(tmp_path):
     assert (
         "data=cifar10|folder|synthetic" in result.stdout and "residual=true|false" in result.stdout
     )
+
+
+def test_bench_command_prints_a_table_and_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli(
+        "bench", "--depth", "8", "--batch-size", "16", "--iterations", "2", "--warmup", "1",
+        "--eval-images", "64", "--json", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "train images/s" in result.stdout and "baseline" in result.stdout
+    assert json.loads(out.read_text())["model"]["arch"] == "resnet-8"
+
+
+def test_analyze_lists_its_analyses_and_refuses_unknown_ones(tmp_path):
+    listed = run_cli("analyze", "--list", cwd=tmp_path)
+    assert listed.returncode == 0
+    for name in ("responses", "gradients", "lesion", "landscape", "shattering"):
+        assert name in listed.stdout
+    unknown = run_cli("analyze", "nope", str(tmp_path), cwd=tmp_path)
+    assert unknown.returncode == 2 and "unknown analysis" in unknown.stderr

@@ -125,6 +125,9 @@ def check_config(overrides: list[str]) -> None:
     ):
         if str(cfg[key]) not in allowed:
             raise ConfigError(f"{key}={cfg[key]} is not one of: {', '.join(allowed)}")
+    from resexp.train import select_device
+
+    select_device(cfg.device)  # device=cuda without a GPU: refused before anything is written
     check_writable(Path(cfg.output_root))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import TINY, run_cli
@@ -44,6 +45,14 @@ def test_bad_input_is_a_short_error(tmp_path, override, message):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "outputs").exists()  # nothing written for a refused command
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_path):
+    result = run_cli("train", *[a for a in TINY if a != "device=cpu"], "device=cuda", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no usable CUDA device" in result.stderr and "device=cpu" in result.stderr
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_missing_data_root_is_a_clear_error(tmp_path):

@@ -193,3 +193,15 @@ def test_short_run_on_the_real_cifar10_jpeg_copy_learns(
     assert summary["status"] == "completed"
     assert "50000 train / 10000 test" in summary["data"] or "5000" in summary["data"]
     assert summary["test_error"] < 65, summary
+
+
+def test_gradient_logging_writes_per_layer_norms_and_histograms(compose_cfg):
+    cfg = compose_cfg(*TINY, "depth=8", "schedule.iterations=20", "log_gradients_every=10")
+    fit(cfg)
+    events = EventAccumulator(str(cfg.run_dir), size_guidance={"histograms": 0})
+    events.Reload()
+    norms = [t for t in events.Tags()["scalars"] if t.startswith("grad_norm/")]
+    # 7 convs (stem + 3 blocks x 2) and the fc layer of a depth-8 net
+    assert len(norms) == 8 and "grad_norm/conv1" in norms and "grad_norm/fc" in norms
+    assert [e.step for e in events.Scalars("grad_norm/conv1")] == [10, 20]
+    assert "weights/fc" in events.Tags()["histograms"]

@@ -637,6 +637,8 @@ def plot_figure6(networks: list[Network], title: str = "") -> Figure:
             its, curves = mean_curve(net.used)
             x = [i / scale for i in its]
             color, marker = colors[net.depth], MARKERS[families.index(net.family) % len(MARKERS)]
+            if marker is None and len(x) < 3:
+                marker = "o"  # a curve of one or two evaluations would not show as a line
             style = dict(color=color, marker=marker, markevery=max(len(x) // 8, 1), markersize=4)
             for key, kind in (("train_error", "train"), ("test_error", "test")):
                 mean, lo, hi = curves[key]

@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -96,18 +97,13 @@ def compose(overrides: list[str], return_hydra_config: bool = False):
 
 def check_config(overrides: list[str]) -> None:
     """Compose and validate; raise ResexpError with a short message on any bad input."""
-    from hydra.errors import HydraException
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     from resexp.errors import ConfigError
     from resexp.models import check_depth
 
-    try:
-        cfg = compose(overrides)
-        OmegaConf.resolve(cfg)
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_hydra_message(e)) from None
+    cfg = _checked(lambda: compose(overrides))
+    _checked(lambda: OmegaConf.resolve(cfg))
     try:
         check_depth(cfg.depth)
     except ValueError as e:
@@ -149,6 +145,19 @@ def check_writable(folder: Path) -> None:
             f"cannot write outputs under {folder} ({e.strerror or e}). "
             "Choose another folder with output_root=PATH."
         ) from None
+
+
+def _checked(plan: Callable[[], Any]) -> Any:
+    """Run ``plan()``, turning Hydra's composition errors into short ConfigErrors."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from resexp.errors import ConfigError
+
+    try:
+        return plan()
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_hydra_message(e)) from None
 
 
 def _hydra_message(e: Exception) -> str:
@@ -365,19 +374,6 @@ def sweep_task(cfg) -> dict | None:
 
     config_module.register()  # a launcher's worker process resolves ${arch:...} too
     return run_job(cfg, fit)
-
-
-def _checked(plan):
-    """Run ``plan()``, turning Hydra's composition errors into short ConfigErrors."""
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from resexp.errors import ConfigError
-
-    try:
-        return plan()
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_hydra_message(e)) from None
 
 
 @app.command("compare")

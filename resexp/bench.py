@@ -1,13 +1,14 @@
 """``resexp bench``: how fast resexp trains and evaluates, beside a conventional loop, same run.
 
-What is measured is resexp's own training step (``train.train_step`` on ``data.TrainBatches``, with
-the loop's per-step lr setting and on-device counters), after warm-up. Beside it, in the same
-process and on the same images, runs the loop most public reproductions of He et al. 2015,
-sec. 4.2 use (e.g. akamaster/pytorch_resnet_cifar10): a torchvision ``DataLoader`` over PIL images
-with RandomCrop(32, 4) / RandomHorizontalFlip / ToTensor / Normalize, an eager fp32 model, and
-``.item()`` bookkeeping every step. Both train the same network with the same SGD; the speed-up is
-a ratio measured side by side. The timed steps alternate between the two in ``rounds`` blocks, so
-a change in the machine's load during the run touches both alike.
+What is measured is resexp's own training step as ``train.fit`` runs it (``train.train_step`` on
+``data.TrainBatches``, the same optimizer, per-step ``set_lr`` and on-device counters), after
+warm-up, with ``fit``'s choice of precision and memory format unless told otherwise. Beside it, in
+the same process and on the same images, runs the loop most public reproductions of He et al.
+2015, sec. 4.2 use (e.g. akamaster/pytorch_resnet_cifar10): a torchvision ``DataLoader`` over PIL
+images with RandomCrop(32, 4) / RandomHorizontalFlip / ToTensor / Normalize, an eager fp32
+model, and ``.item()`` bookkeeping every step. Both train the same network with the same SGD; the
+speed-up is a ratio measured side by side. The timed steps alternate between the two in
+``rounds`` blocks, so a change in the machine's load during the run touches both alike.
 
 Numbers reported: training images/s and ms per step; the share of a step spent producing the
 batch (augmentation and batching); evaluation images/s; peak memory (process RSS on the CPU,
@@ -42,7 +43,9 @@ from resexp.train import (
     evaluate,
     lr_at,
     make_optimizer,
+    memory_format_for,
     select_device,
+    set_lr,
     train_step,
 )
 
@@ -73,11 +76,6 @@ def _check_options(
         problems.append(f"data must be one of {', '.join(DATA_SOURCES)}, not {data!r}")
     if problems:
         raise ConfigError("; ".join(problems))
-
-
-def use_channels_last(option: str, device: torch.device) -> bool:
-    """``true``/``false``, or ``auto``: the rule ``train.fit`` applies (channels_last on CUDA)."""
-    return option == "true" or (option == "auto" and device.type == "cuda")
 
 
 def _load(data: str, data_root: str | None, eval_images: int) -> ImageData:
@@ -167,7 +165,7 @@ class _Ours:
         self.data = data.to(device)
         self.mean, self.std = mean_std(self.data.train_x, "pixel_mean")
         self.schedule = OmegaConf.structured(ScheduleConfig(batch_size=batch_size))
-        self.optimizer = make_optimizer(self.model, self.schedule)
+        self.optimizer = make_optimizer(self.model, self.schedule, fused=device.type == "cuda")
         generator = torch.Generator(device=device)
         generator.manual_seed(0)
         self.batches = TrainBatches(
@@ -192,9 +190,7 @@ class _Ours:
         start = time.perf_counter()
         for _ in range(n):
             step_start = time.perf_counter()
-            lr = lr_at(self.iteration, self.schedule)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(self.optimizer, lr_at(self.iteration, self.schedule))
             if cuda:  # events, not a sync per step: the steady state stays free of host syncs
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(True)
                 begin.record()
@@ -397,11 +393,14 @@ def bench(
     data: str = "synthetic",
     data_root: str | None = None,
     rounds: int = 5,
+    eval_batch_size: int = 0,
 ) -> dict[str, Any]:
     """Measure resexp's training step, evaluation and memory, and the conventional loop beside it.
 
     ``iterations`` timed steps per loop follow ``warmup`` untimed ones; the timed steps run in
-    ``rounds`` blocks that alternate between resexp and the baseline. Returns a JSON-ready dict.
+    ``rounds`` blocks that alternate between resexp and the baseline. ``eval_batch_size`` 0 means
+    the schedule's (as ``train.fit``); the baseline evaluates at ``batch_size``. Returns a
+    JSON-ready dict.
     """
     options = dict(locals())
     if isinstance(channels_last, bool):  # a CLI flag may hand over a bool
@@ -411,12 +410,11 @@ def bench(
         build_model(depth, residual)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if eval_images < 1:
-        raise ConfigError("eval_images must be at least 1")
+    if eval_images < 1 or eval_batch_size < 0:
+        raise ConfigError("eval_images must be at least 1, eval_batch_size at least 0")
     dev = select_device(device)
     amp_dtype = autocast_dtype(precision, dev)
-    channels = torch.channels_last if use_channels_last(channels_last, dev) else None
-    memory_format = channels or torch.contiguous_format
+    memory_format = memory_format_for(channels_last, dev)
     images = _load(data, data_root, eval_images)
     if not 0 < batch_size <= len(images.train_y):
         raise ConfigError(f"batch_size must be between 1 and {len(images.train_y)} (the images)")
@@ -448,6 +446,8 @@ def _measure(
 
     # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
     ours = _Ours(depth, residual, images, dev, batch_size, amp_dtype, memory_format, compile)
+    if options["eval_batch_size"]:
+        ours.schedule.eval_batch_size = options["eval_batch_size"]
     first_step_s = ours.steps(1).wall_s
     ours.steps(warmup - 1)
     first_eval_s = ours.evaluate()

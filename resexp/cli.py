@@ -119,7 +119,10 @@ def check_config(overrides: list[str]) -> None:
         ("channels_last", ("auto", "true", "false")),
         ("progress", ("auto", "bar", "lines", "none")),
     ):
-        if str(cfg[key]) not in allowed:
+        value = str(cfg[key])
+        if value in ("True", "False"):  # a bare true/false on the command line is a bool to Hydra
+            value = value.lower()
+        if value not in allowed:
             raise ConfigError(f"{key}={cfg[key]} is not one of: {', '.join(allowed)}")
     from resexp.train import select_device
 
@@ -465,6 +468,12 @@ def bench_command(
     iterations: Annotated[int, typer.Option(help="Timed steps per loop.")] = 50,
     warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 10,
     eval_images: Annotated[int, typer.Option(help="Images in the evaluation timing.")] = 2000,
+    eval_batch_size: Annotated[
+        int, typer.Option(help="resexp's evaluation batch (0: the schedule's, 1000).")
+    ] = 0,
+    rounds: Annotated[
+        int, typer.Option(help="Timed blocks, alternating between resexp and the baseline.")
+    ] = 5,
     baseline: Annotated[
         bool, typer.Option(help="Also time the conventional DataLoader + PIL loop.")
     ] = True,
@@ -500,6 +509,8 @@ def bench_command(
             iterations=iterations,
             warmup=warmup,
             eval_images=eval_images,
+            eval_batch_size=eval_batch_size,
+            rounds=rounds,
             baseline=baseline,
             data=data,
             data_root=data_root,

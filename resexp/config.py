@@ -78,8 +78,8 @@ class Config:
     block: str = "basic"  # basic (He et al. 2015) | preact (He et al. 2016) | highway
     seed: int = 0
     device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16
-    channels_last: str = "auto"  # auto (on CUDA) | true | false
+    precision: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16) | fp32 | bf16
+    channels_last: str = "auto"  # auto (on CUDA and CPU, not MPS) | true | false
     compile: bool = False  # torch.compile the model
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard

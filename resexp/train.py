@@ -88,15 +88,41 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16
+    convolutions are faster than fp32 ones; elsewhere bf16 is emulated and slower."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. ``auto`` means bf16 on CUDA only."""
+    """The autocast dtype, or None for plain fp32.
+
+    ``auto`` means bf16 on CUDA and on CPUs with native bf16, chosen by measurement: on a 2-core
+    AMD EPYC (AVX512-BF16) bf16 autocast trains ResNet-20 about 1.7x faster than fp32, and short
+    runs on CIFAR-10 reach the same test error in either (README, "Speed"). Weights, gradients,
+    optimizer state and the loss stay fp32; only convolutions and the linear layer run in bf16.
+    """
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native else None
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     raise ConfigError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+
+
+def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
+    """``channels_last``: ``true``/``false``, or ``auto``: on CUDA and on the CPU (oneDNN), where
+    it measured faster (CPU, ResNet-20: about 1.2x in fp32); not on MPS. Hydra hands a bare
+    ``true`` over as ``True``, so case does not matter."""
+    option = str(option).lower()
+    if option not in ("auto", "true", "false"):
+        raise ConfigError(f"channels_last must be auto, true or false, not {option!r}")
+    if option == "true" or (option == "auto" and device.type in ("cuda", "cpu")):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def seed_everything(seed: int) -> None:
@@ -419,10 +445,7 @@ def fit(cfg: DictConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    channels_last = cfg.channels_last == "true" or (
-        cfg.channels_last == "auto" and device.type == "cuda"
-    )
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = memory_format_for(cfg.channels_last, device)
 
     # Build the model first: a bad depth is refused before anything is written.
     seed_everything(cfg.seed)
@@ -492,7 +515,7 @@ def _train(
 
     label = f"{run_dir.parent.name}/{run_dir.name}"
     log.info(
-        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s%s",
+        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s (%s%s)",
         label,
         cfg.depth,
         "residual" if cfg.residual else "plain",
@@ -500,7 +523,8 @@ def _train(
         sched.iterations,
         sched.batch_size,
         device,
-        f" ({amp_dtype})".replace("torch.", "") if amp_dtype else "",
+        str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        ", channels_last" if memory_format == torch.channels_last else "",
     )
     tracker = Tracker(run_dir, history)
     progress = Progress(label, sched.iterations, iteration, cfg.progress)
@@ -619,6 +643,7 @@ def _train(
                 data,
                 device,
                 amp_dtype,
+                memory_format,
                 tracker.rows,
                 status,
                 diverged_at,
@@ -635,6 +660,7 @@ def _write_summary(
     data: ImageData,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    memory_format: torch.memory_format,
     rows: list[dict],
     status: str,
     diverged_at: int | None,
@@ -668,6 +694,7 @@ def _write_summary(
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "channels_last": memory_format == torch.channels_last,
         "torch_version": torch.__version__,
         "data": data.description,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from rich.console import Console
 from resexp import bench as bench_module
 from resexp.bench import COMPILE_MODES, PILImages, baseline_transforms, bench, format_table
 from resexp.errors import ConfigError
+from resexp.train import autocast_dtype, memory_format_for
 
 TINY = {
     "depth": 8,
@@ -124,8 +126,14 @@ def test_result_is_json_and_prints_as_a_table(result):
     assert "train images/s" in text and "baseline" in text and "resnet-8" in text
 
 
-def test_default_cpu_run_is_the_fp32_resexp_step(result):
-    assert result["resexp"]["precision"] == "fp32"  # precision=auto: bf16 on CUDA only
+def test_default_cpu_run_is_the_step_train_fit_runs(result):
+    # precision=auto and channels_last=auto resolve as train.fit resolves them on this CPU.
+    cpu = torch.device("cpu")
+    amp = autocast_dtype("auto", cpu)
+    assert result["resexp"]["precision"] == (str(amp).replace("torch.", "") if amp else "fp32")
+    assert result["resexp"]["channels_last"] is (
+        memory_format_for("auto", cpu) == torch.channels_last
+    )
     assert result["resexp"]["eval_batch_size"] == 1000  # the schedule's, as train.fit
 
 
@@ -166,10 +174,14 @@ def test_baseline_runs_through_torch_dataloader(run):
 
 
 def test_without_baseline_and_with_options():
-    r = bench(**{**TINY, "baseline": False, "channels_last": "true", "threads": 1})
+    r = bench(
+        **{**TINY, "baseline": False, "channels_last": True, "threads": 1, "eval_batch_size": 7}
+    )
     assert r["baseline"] is None and r["speedup"] is None
-    assert r["resexp"]["channels_last"] is True
+    assert r["resexp"]["channels_last"] is True and r["options"]["channels_last"] == "true"
+    assert r["resexp"]["eval_batch_size"] == 7
     assert r["machine"]["threads"] == 1
+    Console(width=120, file=io.StringIO()).print(format_table(r))  # no baseline columns
 
 
 def test_threads_are_restored():
@@ -188,6 +200,7 @@ def test_threads_are_restored():
         {"data": "imagenet"},
         {"precision": "fp8"},
         {"batch_size": 0},
+        {"eval_batch_size": -1},
     ],
 )
 def test_bad_options_are_refused(override):

@@ -70,6 +70,12 @@ def test_cfg_job_prints_the_config(tmp_path):
     assert "lr: 0.1" in result.stdout
 
 
+def test_a_bare_true_or_false_is_taken_for_string_switches(tmp_path):
+    result = run_cli("train", "channels_last=true", "precision=fp32", "--cfg", "job", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "channels_last: 'True'" in result.stdout
+
+
 def test_help_lists_the_choices(tmp_path):
     result = run_cli("train", "--help", cwd=tmp_path)
     assert result.returncode == 0

@@ -9,8 +9,18 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from resexp import train
 from resexp.errors import ConfigError
-from resexp.train import config_differences, fit, lr_at, make_optimizer, select_device, set_lr
+from resexp.train import (
+    autocast_dtype,
+    config_differences,
+    fit,
+    lr_at,
+    make_optimizer,
+    memory_format_for,
+    select_device,
+    set_lr,
+)
 from tests.conftest import TINY
 
 
@@ -70,6 +80,28 @@ def test_auto_device_is_cpu_without_accelerators():
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"no usable CUDA device.*device=cpu"):
         select_device("cuda")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_on_cpus_that_have_it(monkeypatch, native):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    cpu = torch.device("cpu")
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(ConfigError, match="precision must be"):
+        autocast_dtype("fp16", cpu)
+
+
+def test_channels_last_auto_on_cpu_and_cuda_and_any_spelling_of_true():
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert memory_format_for("auto", cpu) == torch.channels_last
+    assert memory_format_for("auto", torch.device("cuda")) == torch.channels_last
+    assert memory_format_for("auto", mps) == torch.contiguous_format
+    assert memory_format_for("True", mps) == torch.channels_last  # Hydra's bool, as a str
+    assert memory_format_for("false", cpu) == torch.contiguous_format
+    with pytest.raises(ConfigError, match="channels_last must be"):
+        memory_format_for("yes", cpu)
 
 
 def test_config_differences_ignore_device_but_not_depth():

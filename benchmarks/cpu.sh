@@ -1,23 +1,34 @@
 #!/usr/bin/env bash
 # The CPU measurements behind README "Speed" (issue 5). Run from the repository root, on a quiet
 # machine (the load average is recorded in each JSON): bash benchmarks/cpu.sh [OUT]
-# About 10 minutes on 2 cores. Then: python benchmarks/summarize.py benchmarks/cpu
+# About 12 minutes on 2 cores. Then: python benchmarks/summarize.py benchmarks/cpu
 set -euo pipefail
 out=${1:-benchmarks/cpu}
 mkdir -p "$out"
+# A fresh Inductor cache, so that the first step's time includes a cold torch.compile.
+export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
 
 # 1. The options one by one, ResNet-20, resexp's loop alone (to choose the CPU defaults).
 for precision in fp32 bf16; do
   for cl in false true; do
     resexp bench --depth 20 --no-baseline --precision "$precision" --channels-last "$cl" \
-      --iterations 60 --json "$out/options-resnet-20-$precision-cl-$cl.json"
+      --compile none --iterations 60 --json "$out/options-resnet-20-$precision-cl-$cl.json"
   done
 done
 resexp bench --depth 20 --no-baseline --compile default --iterations 60 \
   --json "$out/options-resnet-20-compile.json"
-resexp bench --depth 20 --no-baseline --threads 1 --iterations 60 \
+resexp bench --depth 20 --no-baseline --compile none --threads 1 --iterations 60 \
   --json "$out/options-resnet-20-threads-1.json"
 
-# 2. resexp's defaults against the conventional loop, side by side (alternating blocks).
+# Two runs at once, one thread each (what `resexp sweep hydra/launcher=joblib
+# hydra.launcher.n_jobs=2 threads=1` does), against one run on both cores above.
+for k in 1 2; do
+  resexp bench --depth 20 --no-baseline --compile none --threads 1 --iterations 60 \
+    --json "$out/parallel-resnet-20-$k.json" &
+done
+wait
+
+# 2. resexp's defaults (bf16, channels_last, torch.compile on this CPU) against the conventional
+# loop, side by side (alternating blocks).
 resexp bench --depth 20 --iterations 100 --json "$out/resnet-20.json"
 resexp bench --depth 56 --iterations 50 --json "$out/resnet-56.json"

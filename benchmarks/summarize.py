@@ -1,7 +1,7 @@
 """Markdown tables of the measurements in README "Speed", from the files that hold them.
 
 python benchmarks/summarize.py benchmarks/cpu            # resexp bench JSON files
-python benchmarks/summarize.py --accuracy outputs        # the fast-path accuracy runs
+python benchmarks/summarize.py --accuracy benchmarks/accuracy   # the fast-path runs
 """
 
 from __future__ import annotations
@@ -27,6 +27,13 @@ def bench_tables(folder: Path) -> str:
         lines.append(
             f"| {setup} | {ours['images_per_s']:.0f} | {ours['ms_per_step_median']:.0f} "
             f"| {ours['eval_images_per_s']:.0f} | {r['machine']['load_average_before'][0]:.2f} |"
+        )
+    parallel = [json.loads(p.read_text()) for p in sorted(folder.glob("parallel-*.json"))]
+    if parallel:
+        rates = [r["resexp"]["images_per_s"] for r in parallel]
+        lines.append(
+            f"| {len(parallel)} runs at once, 1 thread each | {sum(rates):.0f} in all "
+            f"({' + '.join(f'{v:.0f}' for v in rates)}) | | | |"
         )
     lines += [
         "",

@@ -40,6 +40,7 @@ from resexp.models import build_model, count_parameters
 from resexp.train import (
     Counters,
     autocast_dtype,
+    compile_for,
     evaluate,
     lr_at,
     make_optimizer,
@@ -52,7 +53,7 @@ from resexp.train import (
 if TYPE_CHECKING:
     from rich.table import Table
 
-COMPILE_MODES = ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+COMPILE_MODES = ("auto", "none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 DATA_SOURCES = ("synthetic", "cifar10", "folder")
 SYNTHETIC_TRAIN_IMAGES = 10_000  # enough for many distinct batches; generated in about a second
 BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
@@ -383,7 +384,7 @@ def bench(
     device: str = "auto",
     batch_size: int = 128,
     precision: str = "auto",
-    compile: str = "none",
+    compile: str = "auto",
     channels_last: str | bool = "auto",
     threads: int = 0,
     iterations: int = 50,
@@ -415,6 +416,9 @@ def bench(
     dev = select_device(device)
     amp_dtype = autocast_dtype(precision, dev)
     memory_format = memory_format_for(channels_last, dev)
+    if compile == "auto":  # as train.fit decides for the paper's 64k-iteration run
+        paper_run = ScheduleConfig().iterations
+        compile = "default" if compile_for("auto", dev, paper_run) else "none"
     images = _load(data, data_root, eval_images)
     if not 0 < batch_size <= len(images.train_y):
         raise ConfigError(f"batch_size must be between 1 and {len(images.train_y)} (the images)")
@@ -423,7 +427,8 @@ def bench(
     if threads > 0:
         torch.set_num_threads(threads)  # both loops run with it; restored at the end
     try:
-        return _measure(options, images, dev, amp_dtype, memory_format, _split(iterations, rounds))
+        blocks = _split(iterations, rounds)
+        return _measure(options, images, dev, amp_dtype, memory_format, compile, blocks)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -434,10 +439,11 @@ def _measure(
     dev: torch.device,
     amp_dtype: torch.dtype | None,
     memory_format: torch.memory_format,
+    compile: str,
     blocks: list[int],
 ) -> dict[str, Any]:
     depth, residual, batch_size = options["depth"], options["residual"], options["batch_size"]
-    compile, warmup = options["compile"], options["warmup"]
+    warmup = options["warmup"]
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as train.fit
         torch.cuda.reset_peak_memory_stats(dev)

@@ -117,6 +117,7 @@ def check_config(overrides: list[str]) -> None:
         ("block", ("basic", "preact", "highway")),
         ("precision", ("auto", "fp32", "bf16")),
         ("channels_last", ("auto", "true", "false")),
+        ("compile", ("auto", "true", "false")),
         ("progress", ("auto", "bar", "lines", "none")),
     ):
         value = str(cfg[key])
@@ -461,8 +462,12 @@ def bench_command(
     batch_size: Annotated[int, typer.Option(help="Mini-batch (the paper: 128).")] = 128,
     precision: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
     compile: Annotated[
-        str, typer.Option(help="none | default | reduce-overhead | max-autotune-no-cudagraphs")
-    ] = "none",
+        str,
+        typer.Option(
+            help="auto (as `resexp train` for a 64k-iteration run) | none | default | "
+            "reduce-overhead | max-autotune-no-cudagraphs"
+        ),
+    ] = "auto",
     channels_last: Annotated[str, typer.Option(help="auto | true | false")] = "auto",
     threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
     iterations: Annotated[int, typer.Option(help="Timed steps per loop.")] = 50,

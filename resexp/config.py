@@ -80,7 +80,7 @@ class Config:
     device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16) | fp32 | bf16
     channels_last: str = "auto"  # auto (on CUDA and CPU, not MPS) | true | false
-    compile: bool = False  # torch.compile the model
+    compile: str = "auto"  # auto (CPU runs of 2000+ iterations, with a C++ compiler) | true | false
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard
     output_root: str = "outputs"

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -115,7 +116,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
     """``channels_last``: ``true``/``false``, or ``auto``: on CUDA and on the CPU (oneDNN), where
-    it measured faster (CPU, ResNet-20: about 1.2x in fp32); not on MPS. Hydra hands a bare
+    it measured faster (CPU, ResNet-20: 1.1x to 1.5x in fp32); not on MPS. Hydra hands a bare
     ``true`` over as ``True``, so case does not matter."""
     option = str(option).lower()
     if option not in ("auto", "true", "false"):
@@ -123,6 +124,32 @@ def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
     if option == "true" or (option == "auto" and device.type in ("cuda", "cpu")):
         return torch.channels_last
     return torch.contiguous_format
+
+
+# torch.compile pays on the CPU only over a long run: compiling takes about 60 s (ResNet-20) to
+# 80 s (ResNet-56) on 2 cores and then saves about 20% (ResNet-20) or 9% (ResNet-56) of each
+# bf16 step (benchmarks/NOTES.md), so it breaks even near 2000 iterations.
+COMPILE_MIN_ITERATIONS = 2000
+
+
+def compile_for(option: str, device: torch.device, iterations: int) -> bool:
+    """``compile``: ``true``/``false``, or ``auto``: on the CPU for runs of at least
+    COMPILE_MIN_ITERATIONS iterations, where a C++ compiler is found (Inductor's CPU code needs
+    one). Not on CUDA or MPS yet: unmeasured there."""
+    option = str(option).lower()
+    if option not in ("auto", "true", "false"):
+        raise ConfigError(f"compile must be auto, true or false, not {option!r}")
+    if option != "auto":
+        return option == "true"
+    return (
+        device.type == "cpu" and iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
+    )
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler Inductor would use (``$CXX``, else g++, c++ or clang++ on the PATH)."""
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    return next((path for name in names if (path := shutil.which(name))), None)
 
 
 def seed_everything(seed: int) -> None:
@@ -483,8 +510,11 @@ def _train(
 ) -> dict:
     data = data.to(device)
     mean, std = mean_std(data.train_x, cfg.data.normalize)
-    step_model = torch.compile(model) if cfg.compile else model
     sched = cfg.schedule
+    compiled = compile_for(cfg.compile, device, sched.iterations)
+    if compiled:
+        log.info("torch.compile: the first step and first evaluation compile (a minute or two)")
+    step_model = torch.compile(model) if compiled else model
     optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
@@ -515,7 +545,7 @@ def _train(
 
     label = f"{run_dir.parent.name}/{run_dir.name}"
     log.info(
-        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s (%s%s)",
+        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s (%s%s%s)",
         label,
         cfg.depth,
         "residual" if cfg.residual else "plain",
@@ -525,6 +555,7 @@ def _train(
         device,
         str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         ", channels_last" if memory_format == torch.channels_last else "",
+        ", torch.compile" if compiled else "",
     )
     tracker = Tracker(run_dir, history)
     progress = Progress(label, sched.iterations, iteration, cfg.progress)
@@ -695,6 +726,7 @@ def _write_summary(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "channels_last": memory_format == torch.channels_last,
+        "compiled": compile_for(cfg.compile, device, cfg.schedule.iterations),
         "torch_version": torch.__version__,
         "data": data.description,
     }

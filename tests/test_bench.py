@@ -23,6 +23,7 @@ TINY = {
     "warmup": 2,
     "eval_images": 24,
     "rounds": 2,
+    "compile": "none",  # "auto" compiles on this CPU, which takes a minute
 }
 
 RATE_FIELDS = {
@@ -209,4 +210,23 @@ def test_bad_options_are_refused(override):
 
 
 def test_compile_modes_cover_the_cuda_ones():
-    assert COMPILE_MODES == ("none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
+    assert COMPILE_MODES == (
+        "auto",
+        "none",
+        "default",
+        "max-autotune-no-cudagraphs",
+        "reduce-overhead",
+    )
+
+
+def test_auto_compile_decides_as_train_fit_would_for_the_papers_run(monkeypatch):
+    asked = []
+
+    def compile_for(option, device, iterations):
+        asked.append((option, device.type, iterations))
+        return False
+
+    monkeypatch.setattr(bench_module, "compile_for", compile_for)
+    r = bench(**{**TINY, "compile": "auto", "baseline": False})
+    assert asked == [("auto", "cpu", 64_000)]  # He et al. 2015, sec. 4.2: 64k iterations
+    assert r["resexp"]["compile"] == "none" and r["options"]["compile"] == "auto"

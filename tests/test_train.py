@@ -12,7 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from resexp import train
 from resexp.errors import ConfigError
 from resexp.train import (
+    COMPILE_MIN_ITERATIONS,
     autocast_dtype,
+    compile_for,
     config_differences,
     fit,
     lr_at,
@@ -104,6 +106,29 @@ def test_channels_last_auto_on_cpu_and_cuda_and_any_spelling_of_true():
         memory_format_for("yes", cpu)
 
 
+def test_compile_auto_only_for_long_cpu_runs_with_a_compiler(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train, "cpp_compiler", lambda: "/usr/bin/g++")
+    assert compile_for("auto", cpu, 64_000) is True
+    assert compile_for("auto", cpu, COMPILE_MIN_ITERATIONS - 1) is False  # compiling costs more
+    assert compile_for("auto", cuda, 64_000) is False  # not measured on a GPU yet
+    assert compile_for("True", cuda, 10) is True and compile_for("false", cpu, 64_000) is False
+    monkeypatch.setattr(train, "cpp_compiler", lambda: None)
+    assert compile_for("auto", cpu, 64_000) is False  # Inductor could not build its kernels
+    with pytest.raises(ConfigError, match="compile must be"):
+        compile_for("max", cpu, 10)
+
+
+def test_cpp_compiler_follows_cxx(monkeypatch, tmp_path):
+    fake = tmp_path / "my-c++"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    assert train.cpp_compiler() == str(fake)
+    monkeypatch.setenv("CXX", str(tmp_path / "missing"))
+    assert train.cpp_compiler() is None
+
+
 def test_config_differences_ignore_device_but_not_depth():
     old = {"depth": 20, "device": "cpu", "schedule": {"lr": 0.1, "iterations": 10}}
     new = {"depth": 56, "device": "cuda", "schedule": {"lr": 0.1, "iterations": 20}}
@@ -150,6 +175,13 @@ def test_fit_writes_a_complete_run_and_learns(compose_cfg):
     for tag in ("error/train", "error/test", "loss/train", "loss/test", "lr"):
         assert tag in tags
     assert [e.step for e in events.Scalars("error/test")] == [20, 40, 60]
+
+
+@pytest.mark.slow
+def test_compiled_run_learns_and_says_so(compose_cfg):
+    summary = fit(compose_cfg(*TINY, "depth=8", "compile=true"))  # about a minute: compiling
+    assert summary["compiled"] is True and summary["status"] == "completed"
+    assert summary["test_error"] < 80  # chance is 90%
 
 
 def test_completed_run_is_not_trained_again(compose_cfg):

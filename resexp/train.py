@@ -127,8 +127,8 @@ def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
 
 
 # torch.compile pays on the CPU only over a long run: compiling takes about 60 s (ResNet-20) to
-# 80 s (ResNet-56) on 2 cores and then saves about 20% (ResNet-20) or 9% (ResNet-56) of each
-# bf16 step (benchmarks/NOTES.md), so it breaks even near 2000 iterations.
+# 80 s (ResNet-56) on 2 cores, after which bf16 training runs about 19% (ResNet-20) or 9%
+# (ResNet-56) more images per second (benchmarks/NOTES.md): it breaks even near 2000 iterations.
 COMPILE_MIN_ITERATIONS = 2000
 
 

@@ -115,19 +115,17 @@ def check_config(overrides: list[str]) -> None:
     for key, allowed in (
         ("shortcut", ("A", "B")),
         ("block", ("basic", "preact", "highway")),
-        ("precision", ("auto", "fp32", "bf16")),
-        ("channels_last", ("auto", "true", "false")),
-        ("compile", ("auto", "true", "false")),
         ("progress", ("auto", "bar", "lines", "none")),
     ):
-        value = str(cfg[key])
-        if value in ("True", "False"):  # a bare true/false on the command line is a bool to Hydra
-            value = value.lower()
-        if value not in allowed:
+        if str(cfg[key]) not in allowed:
             raise ConfigError(f"{key}={cfg[key]} is not one of: {', '.join(allowed)}")
-    from resexp.train import select_device
+    from resexp.train import autocast_dtype, compile_for, memory_format_for, select_device
 
-    select_device(cfg.device)  # device=cuda without a GPU: refused before anything is written
+    device = select_device(cfg.device)  # device=cuda without a GPU: refused before any write
+    # precision, channels_last and compile are checked by the very functions fit resolves them with.
+    autocast_dtype(cfg.precision, device)
+    memory_format_for(cfg.channels_last, device)
+    compile_for(cfg.compile, device, cfg.schedule.iterations)
     check_writable(Path(cfg.output_root))
 
 

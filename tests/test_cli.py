@@ -37,6 +37,9 @@ def test_train_synthetic_smoke_run(tmp_path, residual, arch):
         ("depth=abc", "could not be converted to Integer"),
         ("data=folder", "data.root=PATH"),
         ("shortcut=C", "shortcut=C is not one of"),
+        ("channels_last=yes", "channels_last must be auto, true or false"),
+        ("compile=maybe", "compile must be auto, true or false"),
+        ("precision=fp16", "precision must be auto, fp32 or bf16"),
     ],
 )
 def test_bad_input_is_a_short_error(tmp_path, override, message):

@@ -120,6 +120,12 @@ class Run:
         ]
 
     @property
+    def train_curve(self) -> list[dict]:
+        """Every row with a finite training error: the training-log points between evaluations
+        (``schedule.log_every``) and the evaluations themselves."""
+        return [r for r in self.rows if _finite(r.get("train_error"))]
+
+    @property
     def final(self) -> dict | None:
         """The last evaluation: iteration, train_error, test_error (%); None if there is none."""
         curve = self.curve
@@ -578,25 +584,29 @@ def depth_colors(depths: list[int]) -> dict[int, str]:
     return {d: DEPTH_COLORS[d] if d in DEPTH_COLORS else next(extra) for d in sorted(set(depths))}
 
 
-def mean_curve(runs: list[Run]) -> tuple[list[int], dict[str, tuple[list[float], ...]]]:
-    """Iterations common to all seeds, and per error kind the (mean, min, max) there."""
-    curves = [{r["iteration"]: r for r in run.curve} for run in runs]
-    curves = [c for c in curves if c]
-    if not curves:
-        return [], {}
-    common = sorted(set.intersection(*(set(c) for c in curves)))
-    if not common:  # seeds evaluated at different iterations: show the longest alone
-        curves = [max(curves, key=len)]
-        common = sorted(curves[0])
+def mean_curve(runs: list[Run]) -> dict[str, tuple[list[int], list[float], list[float], list[float]]]:
+    """Per error kind, the iterations common to all seeds and the (mean, min, max) there.
+
+    The training error has a point at every training-log row, the test error at evaluations.
+    """
     out = {}
     for key in ("train_error", "test_error"):
+        rows = [run.train_curve if key == "train_error" else run.curve for run in runs]
+        curves = [c for c in ({r["iteration"]: r for r in rs} for rs in rows) if c]
+        if not curves:
+            return {}
+        common = sorted(set.intersection(*(set(c) for c in curves)))
+        if not common:  # seeds evaluated at different iterations: show the longest alone
+            curves = [max(curves, key=len)]
+            common = sorted(curves[0])
         values = [[c[it][key] for c in curves] for it in common]
         out[key] = (
+            common,
             [statistics.fmean(v) for v in values],
             [min(v) for v in values],
             [max(v) for v in values],
         )
-    return common, out
+    return out
 
 
 def y_limit(networks: list[Network]) -> float:
@@ -634,14 +644,18 @@ def plot_figure6(networks: list[Network], title: str = "") -> Figure:
         nets = [n for n in plotted if n.residual == residual]
         families = sorted({n.family for n in nets}, key=lambda f: f not in ("plain", "resnet"))
         for net in sorted(nets, key=lambda n: (families.index(n.family), n.depth)):
-            its, curves = mean_curve(net.used)
-            x = [i / scale for i in its]
-            color, marker = colors[net.depth], MARKERS[families.index(net.family) % len(MARKERS)]
-            if marker is None and len(x) < 3:
-                marker = "o"  # a curve of one or two evaluations would not show as a line
-            style = dict(color=color, marker=marker, markevery=max(len(x) // 8, 1), markersize=4)
+            curves = mean_curve(net.used)
+            color = colors[net.depth]
+            family_marker = MARKERS[families.index(net.family) % len(MARKERS)]
             for key, kind in (("train_error", "train"), ("test_error", "test")):
-                mean, lo, hi = curves[key]
+                its, mean, lo, hi = curves[key]
+                x = [i / scale for i in its]
+                marker = family_marker
+                if marker is None and len(x) < 3:
+                    marker = "o"  # a curve of one or two evaluations would not show as a line
+                style = dict(
+                    color=color, marker=marker, markevery=max(len(x) // 8, 1), markersize=4
+                )
                 if len(net.used) > 1:
                     ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
                 if kind == "train":
@@ -1006,14 +1020,12 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
         put(experiment)
         put(start)
         put(_session_end(end, run.status))
-        for row in run.curve:
-            values = [
-                Summary.Value(
+        for kind, rows in (("train", run.train_curve), ("test", run.curve)):
+            for row in rows:
+                value = Summary.Value(
                     tag=f"figure6/{run.arch}/error_{kind}", simple_value=row[f"{kind}_error"]
                 )
-                for kind in ("train", "test")
-            ]
-            put(Summary(value=values), step=int(row["iteration"]))
+                put(Summary(value=[value]), step=int(row["iteration"]))
         if final:
             put(Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in metrics.items()]),
                 step=int(final.get("iteration", 0)))  # fmt: skip

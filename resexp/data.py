@@ -26,7 +26,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ class ImageData:
     test_y: Tensor  # (M,) int64
     classes: list[str]
     description: str  # one line for logs and summaries
+    identity: dict[str, Any] = field(default_factory=dict)  # what it is: see data_identity()
 
     def to(self, device: torch.device | str) -> ImageData:
         """The same data with its tensors on ``device``."""
@@ -108,7 +109,35 @@ def load_data(cfg: Any) -> ImageData:
     if notes:
         description += f" ({'; '.join(notes)})"
     log.debug("data: %s", description)
-    return ImageData(train_x, train_y, test_x, test_y, list(sets["classes"]), description)
+    identity = data_identity(cfg, train_x, train_y, test_x, test_y, list(sets["classes"]))
+    identity["subset_or_split"] = bool(notes)
+    return ImageData(
+        train_x, train_y, test_x, test_y, list(sets["classes"]), description, identity
+    )
+
+
+def data_identity(
+    cfg: Any, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, classes: list[str]
+) -> dict[str, Any]:
+    """What a run trained and was tested on, recorded in its summary.json.
+
+    The loader, where it read from, the images per class of each split and a SHA-256 of the
+    decoded pixels and labels: two runs with the same fingerprint saw the same images. Only the
+    ``cifar10`` loader reads the original CIFAR-10 (Krizhevsky 2009) that He et al. 2015 report
+    on; an image folder is whatever it holds, a re-encoded copy of CIFAR-10 included.
+    """
+    h = hashlib.sha256()
+    for t in (train_x, train_y, test_x, test_y):
+        h.update(t.contiguous().cpu().numpy().tobytes())
+    n = len(classes)
+    return {
+        "source": cfg.source,
+        "root": None if cfg.source == "synthetic" else str(Path(cfg.root).expanduser().absolute()),
+        "classes": classes,
+        "train_per_class": torch.bincount(train_y.cpu(), minlength=n).tolist(),
+        "test_per_class": torch.bincount(test_y.cpu(), minlength=n).tolist(),
+        "sha256": h.hexdigest(),
+    }
 
 
 def prepare_data(cfg: Any) -> ImageData:

@@ -3,7 +3,9 @@
 A run directory (``outputs/<name>/<arch>-<depth>/seed<k>/``) holds:
 
     config.yaml         the resolved config
-    metrics.jsonl       one JSON object per evaluation (the curves of He et al. 2015, Figure 6)
+    metrics.jsonl       one JSON object per training-log point (iteration, train error and loss,
+                        lr) and per evaluation (the same, plus test error and loss): the curves
+                        of He et al. 2015, Figure 6
     summary.json        final errors, status, speed, device, versions
     events.out.tfevents.*   the same curves for TensorBoard (x-axis: iteration)
     checkpoint.pt       the latest checkpoint (checkpoint.prev.pt: the one before)
@@ -177,8 +179,9 @@ class Tracker:
         last = self.rows[-1]["iteration"] if self.rows else 0
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=last + 1)
 
-    def log_eval(self, row: dict) -> None:
-        """Record one evaluation: ``row`` has iteration, errors (%), losses and lr."""
+    def log_row(self, row: dict) -> None:
+        """Record one row: iteration, training error (%) and loss, lr, and at evaluations the
+        test error (%) and loss as well."""
         self.rows.append(row)
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -268,23 +271,25 @@ class Progress:
             self._bar.update(self._task, completed=iteration)
 
     def report(self, row: dict) -> None:
-        """Show the latest evaluation (one line in lines mode, the bar's status otherwise)."""
+        """Show the latest row of metrics (one line in lines mode, the bar's status otherwise)."""
         it = row["iteration"]
-        status = f"train {row['train_error']:.2f}%  test {row['test_error']:.2f}%  lr {row['lr']:g}"
+        test = f"  test {row['test_error']:.2f}%" if row.get("test_error") is not None else ""
+        status = f"train {row['train_error']:.2f}%{test}  lr {row['lr']:g}"
         if self._bar is not None:
             self._bar.update(self._task, completed=it, status=status)
         elif self.mode == "lines":
             elapsed = time.perf_counter() - self.start_time
             done = max(it - self.start_iteration, 1)
             eta = elapsed / done * (self.total - it)
+            speed = row.get("images_per_second")
             log.info(
-                "%s  it %d/%d (%d%%)  %s  %.0f img/s  eta %s",
+                "%s  it %d/%d (%d%%)  %s%s  eta %s",
                 self.label,
                 it,
                 self.total,
                 100 * it // self.total,
                 status,
-                row.get("images_per_second") or 0.0,
+                f"  {speed:.0f} img/s" if speed else "",
                 format_seconds(eta),
             )
 

@@ -584,7 +584,10 @@ def depth_colors(depths: list[int]) -> dict[int, str]:
     return {d: DEPTH_COLORS[d] if d in DEPTH_COLORS else next(extra) for d in sorted(set(depths))}
 
 
-def mean_curve(runs: list[Run]) -> dict[str, tuple[list[int], list[float], list[float], list[float]]]:
+Curve = tuple[list[int], list[float], list[float], list[float]]  # iterations, mean, min, max
+
+
+def mean_curve(runs: list[Run]) -> dict[str, Curve]:
     """Per error kind, the iterations common to all seeds and the (mean, min, max) there.
 
     The training error has a point at every training-log row, the test error at evaluations.

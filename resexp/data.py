@@ -111,9 +111,7 @@ def load_data(cfg: Any) -> ImageData:
     log.debug("data: %s", description)
     identity = data_identity(cfg, train_x, train_y, test_x, test_y, list(sets["classes"]))
     identity["subset_or_split"] = bool(notes)
-    return ImageData(
-        train_x, train_y, test_x, test_y, list(sets["classes"]), description, identity
-    )
+    return ImageData(train_x, train_y, test_x, test_y, list(sets["classes"]), description, identity)
 
 
 def data_identity(

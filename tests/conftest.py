@@ -10,8 +10,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The JPEG copy of CIFAR-10 that sits beside the project (see ../shared/data/README.md).
-CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+# The real CIFAR-10 images as a JPEG image-folder archive (train/<class>/*.jpg, test/<class>/*.jpg,
+# quality 75), for the tests that train on real data: RESEXP_TEST_CIFAR10_JPEG names it; by
+# default it is looked for beside the checkout. Those tests skip, saying so, when it is absent.
+CIFAR10_JPEG = Path(
+    os.environ.get(
+        "RESEXP_TEST_CIFAR10_JPEG", REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+    )
+)
 
 # A tiny, fast run: 512 generated images, 60 iterations of 32 on the CPU (seconds).
 TINY = [
@@ -54,7 +60,10 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300, env: dict | None = None
 @pytest.fixture(scope="session")
 def cifar10_jpeg() -> Path:
     if not CIFAR10_JPEG.exists():
-        pytest.skip(f"the CIFAR-10 JPEG archive is not at {CIFAR10_JPEG} (../shared/data)")
+        pytest.skip(
+            f"no CIFAR-10 JPEG archive at {CIFAR10_JPEG}: set RESEXP_TEST_CIFAR10_JPEG to "
+            "an image-folder archive of CIFAR-10 to run the real-data tests"
+        )
     return CIFAR10_JPEG
 
 

@@ -269,3 +269,54 @@ def test_gradient_logging_writes_per_layer_norms_and_histograms(compose_cfg):
     assert len(norms) == 8 and "grad_norm/conv1" in norms and "grad_norm/fc" in norms
     assert [e.step for e in events.Scalars("grad_norm/conv1")] == [10, 20]
     assert "weights/fc" in events.Tags()["histograms"]
+
+
+def test_training_error_is_logged_between_evaluations(compose_cfg):
+    cfg = compose_cfg(*TINY, "schedule.log_every=10")
+    fit(cfg)
+    run_dir = Path(cfg.run_dir)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [10, 20, 30, 40, 50, 60]
+    assert [r["iteration"] for r in rows if "test_error" in r] == [20, 40, 60]  # eval_every 20
+    assert all(0 <= r["train_error"] <= 100 and r["lr"] > 0 for r in rows)
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    assert [e.step for e in events.Scalars("error/train")] == [10, 20, 30, 40, 50, 60]
+    assert [e.step for e in events.Scalars("error/test")] == [20, 40, 60]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["evaluated_at"] == 60 and summary["test_error"] == rows[-1]["test_error"]
+
+
+def test_summary_records_what_data_the_run_saw(compose_cfg):
+    summary = fit(compose_cfg(*TINY))
+    identity = summary["data_identity"]
+    assert identity["source"] == "synthetic" and identity["root"] is None
+    assert sum(identity["train_per_class"]) == 512 and sum(identity["test_per_class"]) == 256
+    assert len(identity["sha256"]) == 64
+    again = fit(compose_cfg(*TINY, "name=again"))["data_identity"]
+    assert again["sha256"] == identity["sha256"]  # the same images: the same fingerprint
+
+
+class _FixedLogits(torch.nn.Module):
+    """Logits 1 and 1 + 2**-9 for every image: distinct in fp32, equal once rounded to bf16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(1, 2)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(torch.tensor([1.0, 1.0 + 2**-9]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.new_ones(len(x), 1))
+
+
+def test_test_error_comes_from_fp32_logits_whatever_the_training_precision():
+    # bf16 keeps 8 significant bits: 1 + 2**-9 rounds to 1, the two logits tie and the argmax
+    # picks class 0. The reported error must not depend on that rounding.
+    x = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+    y = torch.ones(8, dtype=torch.long)
+    mean, std = torch.zeros(3, 32, 32), torch.ones(3, 32, 32)
+    for amp in (None, torch.bfloat16):
+        error, loss = train.evaluate(_FixedLogits(), x, y, mean, std, 4, amp)
+        assert error == 0.0 and loss == pytest.approx(0.6922, abs=1e-3)

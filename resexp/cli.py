@@ -95,8 +95,9 @@ def compose(overrides: list[str], return_hydra_config: bool = False):
         )
 
 
-def check_config(overrides: list[str]) -> None:
-    """Compose and validate; raise ResexpError with a short message on any bad input."""
+def check_config(overrides: list[str]) -> Any:
+    """Compose and validate; raise ResexpError with a short message on any bad input; return
+    the composed config."""
     from omegaconf import OmegaConf
 
     from resexp.errors import ConfigError
@@ -104,6 +105,7 @@ def check_config(overrides: list[str]) -> None:
 
     cfg = _checked(lambda: compose(overrides))
     _checked(lambda: OmegaConf.resolve(cfg))
+    config_module.validate(cfg)
     try:
         check_depth(cfg.depth)
     except ValueError as e:
@@ -111,6 +113,11 @@ def check_config(overrides: list[str]) -> None:
     if cfg.data.source == "folder" and OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError(
             "data=folder needs data.root=PATH (an image-folder tree or a .tar archive)"
+        )
+    if cfg.data.source == "folder" and not Path(cfg.data.root).expanduser().exists():
+        raise ConfigError(
+            f"data.root={cfg.data.root} does not exist; give an image-folder tree "
+            "PATH/train/<class>/* + PATH/test/<class>/*, or a .tar(.gz|.xz) archive of one"
         )
     for key, allowed in (
         ("shortcut", ("A", "B")),
@@ -127,19 +134,34 @@ def check_config(overrides: list[str]) -> None:
     memory_format_for(cfg.channels_last, device)
     compile_for(cfg.compile, device, cfg.schedule.iterations)
     check_writable(Path(cfg.output_root))
+    return cfg
+
+
+def check_run(cfg: Any) -> None:
+    """Refuse, before anything is written, a run whose folder holds a run of another config.
+
+    Read-only: the same rule ``fit`` applies again under the run's lock (train.prepare_run_dir).
+    """
+    from resexp.train import check_run_dir
+
+    check_run_dir(cfg, Path(cfg.run_dir))
 
 
 def check_writable(folder: Path) -> None:
     """Refuse an output folder that cannot be created or written, before any run starts.
 
     It is tried, not inferred from permission bits (which say nothing for root, or for a
-    read-only file system).
+    read-only file system), in the nearest folder that exists: nothing is created here.
     """
     from resexp.errors import ConfigError
 
-    probe = folder / f".resexp-write-test-{os.getpid()}"
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / f".resexp-write-test-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a folder", str(existing))
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -173,8 +195,31 @@ def _hydra_message(e: Exception) -> str:
                 lines.append(ln.rstrip())
     text = "\n".join(lines) if lines else type(e).__name__
     if "Could not override" in text:
+        key = text.split("'")[1] if text.count("'") >= 2 else ""
+        close = _close_keys(key)
+        if close:
+            text = f"unknown key {key!r}: did you mean {' or '.join(close)}?"
         text += "\n`resexp train --cfg job` lists every key; `resexp train --help` the main ones."
     return text
+
+
+def _close_keys(key: str) -> list[str]:
+    """Keys of the schema (and config groups) that a misspelt ``key`` probably meant."""
+    import difflib
+
+    from omegaconf import OmegaConf
+
+    def dotted(node: Any, prefix: str = "") -> list[str]:
+        keys = []
+        for k in node:
+            value = OmegaConf.select(node, k, throw_on_missing=False)
+            keys.append(prefix + k)
+            if OmegaConf.is_dict(value):
+                keys += dotted(value, f"{prefix}{k}.")
+        return keys
+
+    known = [*dotted(OmegaConf.structured(config_module.Config)), "experiment"]
+    return difflib.get_close_matches(key, known, n=2, cutoff=0.7)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,13 +263,28 @@ def train_task(cfg) -> dict:
     return summary
 
 
+# Hydra's own command-line flags, which `resexp train` passes through to it.
+HYDRA_FLAGS = {
+    "--multirun", "--cfg", "--package", "--info", "--config-name", "--config-dir", "--config-path",
+    "--experimental-rerun", "--resolve", "--run", "--hydra-help", "--shell-completion",
+}  # fmt: skip
+
+
 def _split_flags(args: list[str]) -> tuple[list[str], bool]:
-    """Separate Hydra overrides from Hydra's own flags (-m, --cfg, ...)."""
+    """Separate Hydra overrides from Hydra's own flags (-m, --cfg, ...); a ``--key value``
+    habit gets a hint to write ``key=value``."""
+    from resexp.errors import ConfigError
+
     overrides, hydra_flags, skip = [], False, False
     for a in args:
         if skip:
             skip = False
             continue
+        if a.startswith("--") and a not in HYDRA_FLAGS and "=" not in a:
+            raise ConfigError(
+                f"{a} is not an option here: settings are key=value overrides, e.g. "
+                f"`resexp train {a[2:].replace('-', '_')}=VALUE` (`resexp train --help`)"
+            )
         if a.startswith("-"):
             hydra_flags = True
             skip = a in (
@@ -271,12 +331,12 @@ def train(
     args = list(ctx.args)
     if verbose:
         os.environ["HYDRA_FULL_ERROR"] = "1"
-    overrides, has_flags = _split_flags(args)
-    if not has_flags:  # plain run: check everything before Hydra creates the run directory
-        try:
-            check_config(overrides)
-        except ResexpError as e:
-            _fail(e, verbose)
+    try:
+        overrides, has_flags = _split_flags(args)
+        if not has_flags:  # plain run: check everything before Hydra creates the run directory
+            check_run(check_config(overrides))
+    except ResexpError as e:
+        _fail(e, verbose)
     run_hydra(train_task, args)
 
 
@@ -335,10 +395,11 @@ def sweep(
         os.environ["HYDRA_FULL_ERROR"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        _split_flags(list(ctx.args))  # `--depth 56` gets the key=value hint
         args = sweeps.translate_args(list(ctx.args))
         plan = _checked(lambda: sweeps.plan_sweep(args, compose))
-        for run in plan.runs:
-            check_config(plan.base_overrides + run.overrides)
+        for run in plan.runs:  # every run, its folder included, before any is launched
+            check_run(check_config(plan.base_overrides + run.overrides))
         skipped = [r for r in plan.runs if r.done_before]
         for run in skipped:
             log.info("skip %s: already completed", run.run_dir)
@@ -365,7 +426,15 @@ def sweep(
     console.width = max(console.width, 110)
     console.print(table)
     if failed:
-        typer.echo(f"{failed} run(s) failed; see their summary.json and train.log", err=True)
+        problems = [
+            f"  {run.run_dir}: {outcome}" + (f": {s['error']}" if s.get("error") else "")
+            for run, outcome, s in sweeps.outcomes(plan)
+            if outcome not in ("skipped", "completed", "diverged")
+        ]
+        typer.echo(
+            f"{failed} of {len(plan.runs)} run(s) did not complete:\n" + "\n".join(problems),
+            err=True,
+        )
         raise typer.Exit(1)
 
 

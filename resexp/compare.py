@@ -13,12 +13,15 @@ A study is a folder of runs, ``<study>/<arch>-<depth>/seed<k>/`` (``resexp sweep
                                ``tensorboard --logdir <study>`` tells the same story
 
 The verdict asks the paper's questions of the final values (the last evaluation, averaged over
-seeds): does the deeper plain net train worse (the degradation problem), does the deeper ResNet
-test better, and does each ResNet beat its plain twin. Runs still in progress count with the
-values they have so far and are marked; diverged and failed runs are listed and left out.
+completed seeds), each finding on its own line: does plain training (and test) error rise with
+depth (the degradation problem), does residual training and test error not rise, does each
+ResNet beat its plain twin. Each line says how many seeds stand on each side and whether the
+difference exceeds the seed noise (Welch's t-test). A finding whose networks have unfinished,
+failed or diverged seeds is "not tested"; the table still shows their latest values, marked.
 
 References: ResNets from the paper's Table 6; plain nets, which the paper shows only as curves,
-from public reproductions (nabla0001/resnet, a-martyn/resnet; see PAPERS.md).
+from public reproductions (github.com/nabla0001/resnet: mean of 5 runs of 64k iterations;
+github.com/a-martyn/resnet: best epoch).
 """
 
 from __future__ import annotations

@@ -9,10 +9,15 @@ Every number taken from He et al. 2015, section 4.2, says so beside it.
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+from resexp.errors import ConfigError
 
 
 @dataclass
@@ -105,8 +110,83 @@ def arch_name(residual: bool, block: str, depth: int) -> str:
 
 def register() -> None:
     """Make the schema and the ``arch`` resolver known to Hydra (idempotent)."""
-    from omegaconf import OmegaConf
-
     if not OmegaConf.has_resolver("arch"):
         OmegaConf.register_new_resolver("arch", arch_name)
     ConfigStore.instance().store(name="resexp_schema", node=Config)
+
+
+# ----------------------------------------------------------------------------------------------
+# Valid ranges: checked before anything is written (the types are checked by Hydra on compose)
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # one safe path component: no /, .., spaces
+PROGRESS = ("auto", "bar", "lines", "none")
+NORMALIZE = ("pixel_mean", "channel_std")
+
+
+def validate(cfg: Any) -> None:
+    """Refuse any value outside its valid range, naming the key and what it accepts.
+
+    Covers every key of the schema that a type alone does not bound. The architecture (depth,
+    block, shortcut), the device and the precision options are checked where they are resolved
+    (models.check_architecture and resexp.train), from the same CLI check.
+    """
+    problems: list[str] = []
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            value = OmegaConf.select(cfg, key, default=None)
+            problems.append(f"{key}={_show(value)}: {what}")
+
+    need(
+        bool(NAME.fullmatch(str(cfg.name))),
+        "name",
+        "must be one folder name: letters, digits and . _ + - (not first); no / or spaces",
+    )
+    need(cfg.seed >= 0, "seed", "must be 0 or more")
+    need(cfg.threads >= 0, "threads", "must be 0 (torch's default) or more")
+    need(cfg.log_gradients_every >= 0, "log_gradients_every", "must be 0 (off) or more")
+    need(str(cfg.progress) in PROGRESS, "progress", f"must be one of {', '.join(PROGRESS)}")
+
+    s = cfg.schedule
+    need(s.iterations > 0, "schedule.iterations", "must be positive")
+    need(s.lr > 0, "schedule.lr", "must be positive (the paper: 0.1)")
+    need(0 <= s.momentum < 1, "schedule.momentum", "must be in [0, 1) (the paper: 0.9)")
+    need(s.weight_decay >= 0, "schedule.weight_decay", "must be 0 or more (the paper: 1e-4)")
+    need(0 < s.gamma <= 1, "schedule.gamma", "must be in (0, 1] (the paper: 0.1)")
+    need(s.batch_size > 0, "schedule.batch_size", "must be positive (the paper: 128)")
+    need(s.eval_every > 0, "schedule.eval_every", "must be positive")
+    need(s.eval_batch_size > 0, "schedule.eval_batch_size", "must be positive")
+    need(s.log_every >= 0, "schedule.log_every", "must be 0 (at evaluations only) or more")
+    milestones = list(s.milestones)
+    need(
+        all(0 < m < 1 for m in milestones)
+        and all(a < b for a, b in itertools.pairwise(milestones)),
+        "schedule.milestones",
+        "must be increasing fractions of the run, each in (0, 1): the paper's drops at 32k and "
+        "48k of 64k iterations are [0.5,0.75]",
+    )
+    w = s.warmup
+    need(w.lr > 0, "schedule.warmup.lr", "must be positive (the paper: 0.01)")
+    need(0 < w.until_train_error <= 100, "schedule.warmup.until_train_error",
+         "must be a percentage in (0, 100] (the paper: 80)")  # fmt: skip
+    need(w.check_every > 0, "schedule.warmup.check_every", "must be positive")
+    need(w.max_iterations > 0, "schedule.warmup.max_iterations", "must be positive")
+
+    d = cfg.data
+    for key in ("train_size", "test_size"):
+        need(d[key] is None or d[key] > 0, f"data.{key}", "must be positive, or null for all")
+    need(d.validation_size > 0, "data.validation_size", "must be positive (the paper: 5000)")
+    need(str(d.normalize) in NORMALIZE, "data.normalize", f"must be one of {', '.join(NORMALIZE)}")
+    need(d.synthetic.num_classes >= 2, "data.synthetic.num_classes", "must be 2 or more")
+    need(d.synthetic.noise >= 0, "data.synthetic.noise", "must be 0 or more")
+    need(d.synthetic.seed >= 0, "data.synthetic.seed", "must be 0 or more")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _show(value: Any) -> str:
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, list):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    return str(value)

@@ -151,8 +151,8 @@ def _alternatives(root: Path | str) -> str:
     return (
         f"Alternatives: put torchvision's CIFAR-10 files (the folder {CIFAR10_FOLDER}/) into "
         f"{root}; or use an image-folder tree or archive with `data=folder data.root=PATH` "
-        "(e.g. data.root=../shared/data/cifar10-jpeg.tar.xz); or run a smoke test on generated "
-        "images with `data=synthetic`."
+        "(e.g. an image-folder archive of CIFAR-10: data.root=cifar10-jpeg.tar.xz); or run a "
+        "smoke test on generated images with `data=synthetic`."
     )
 
 
@@ -189,11 +189,14 @@ def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
 
 def _download_cifar10(root: Path) -> None:
     log.info("downloading CIFAR-10 into %s", root)
+    new_folder = _first_missing(root)
     try:
         import torchvision
 
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
     except Exception as error:
+        if new_folder is not None:  # a failed download leaves no folder behind
+            shutil.rmtree(new_folder, ignore_errors=True)
         raise DataError(
             f"could not download CIFAR-10 into {root}; the network is likely unavailable "
             f"({_one_line(error)}). {_alternatives(root)}"
@@ -457,6 +460,7 @@ def _cached(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     sets = _read_cache(path, warn=True)
     if sets is not None:
         return sets
+    new_folder = _first_missing(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -464,12 +468,27 @@ def _cached(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             f"cannot create the cache folder {path.parent} ({_one_line(error)}); set "
             "data.cache_dir=PATH to a writable folder"
         ) from None
-    with _locked(path):
-        sets = _read_cache(path, warn=False)  # another run may have built it while we waited
-        if sets is None:
-            sets = build()
-            _write_cache(path, sets)
+    try:
+        with _locked(path):
+            sets = _read_cache(path, warn=False)  # another run may have built it while we waited
+            if sets is None:
+                sets = build()
+                _write_cache(path, sets)
+    except DataError:  # nothing was built: leave no folder or lock file behind
+        Path(str(path) + ".lock").unlink(missing_ok=True)
+        if new_folder is not None:
+            shutil.rmtree(new_folder, ignore_errors=True)
+        raise
     return sets
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The highest folder on the way to ``folder`` that does not exist yet (None: all do)."""
+    folder = folder.absolute()
+    missing = None
+    while not folder.exists() and folder != folder.parent:
+        missing, folder = folder, folder.parent
+    return missing
 
 
 @contextmanager

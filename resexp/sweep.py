@@ -11,6 +11,7 @@ the launcher works, and reports what completed, what was skipped and what failed
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from resexp.tracking import format_seconds, read_json, read_metrics, write_json
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "degradation"
+REFUSALS = "sweep-refusals.jsonl"  # in the study folder: runs a sweep's job refused to start
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Plan:
     study_dir: Path
     launcher: str = "basic"
     outcomes: dict[Path, str] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)  # refusals before this are not this sweep's
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,6 +227,7 @@ def run_job(cfg, fit: Callable) -> dict | None:
     if cfg.device == "auto" and torch.cuda.device_count() > 1:
         with open_dict(cfg):
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"
+    from resexp.errors import ResexpError
     from resexp.train import EXIT_INTERRUPTED, StopRequested
 
     try:
@@ -231,6 +235,14 @@ def run_job(cfg, fit: Callable) -> dict | None:
     except StopRequested as e:  # Ctrl-C or SIGTERM stops the sweep, after this run's checkpoint
         log.warning("sweep stopped by %s; run the same command again to resume", e.args[0])
         raise SystemExit(EXIT_INTERRUPTED) from None
+    except ResexpError as e:  # refused before it started: its folder is not this job's to write
+        log.error("%s refused: %s", run_dir, e)
+        study = Path(cfg.output_root) / str(cfg.name)
+        study.mkdir(parents=True, exist_ok=True)
+        with open(study / REFUSALS, "a") as f:
+            f.write(json.dumps({"run_dir": str(run_dir), "time": time.time(), "error": str(e)}))
+            f.write("\n")
+        return None
     except Exception as e:  # one failed run must not stop the others
         log.error("%s failed: %s", run_dir, e)
         previous = read_json(run_dir / "summary.json") or {}
@@ -243,11 +255,21 @@ def run_job(cfg, fit: Callable) -> dict | None:
 
 
 def outcomes(plan: Plan) -> list[tuple[PlannedRun, str, dict]]:
-    """Each planned run with its outcome: skipped, completed, diverged, failed or missing."""
+    """Each planned run with its outcome: skipped (completed before this sweep), completed,
+    diverged, interrupted, failed, refused (with the reason) or missing (never started)."""
+    refused: dict[str, str] = {}
+    for row in read_metrics(plan.study_dir / REFUSALS):  # JSON lines, torn ones skipped
+        if row.get("time", 0) >= plan.started:
+            refused[row["run_dir"]] = row.get("error", "")
     result = []
     for run in plan.runs:
         summary = read_json(run.run_dir / "summary.json") or {}
-        outcome = "skipped" if run.done_before else summary.get("status", "missing")
+        if run.done_before:
+            outcome = "skipped"
+        elif str(run.run_dir) in refused:
+            outcome, summary = "refused", {"error": refused[str(run.run_dir)]}
+        else:
+            outcome = summary.get("status", "missing")
         result.append((run, outcome, summary))
     return result
 
@@ -261,7 +283,7 @@ def report_table(plan: Plan):
         table.add_column(column)
     failed = 0
     for run, outcome, s in outcomes(plan):
-        if outcome in ("failed", "missing"):
+        if outcome not in ("skipped", "completed", "diverged"):  # diverged: a result, reported
             failed += 1
         table.add_row(
             f"{run.run_dir.parent.name}/{run.run_dir.name}",

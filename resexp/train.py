@@ -291,22 +291,37 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 # The run directory: fresh, resumed, or refused
 
 
+def check_run_dir(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> None:
+    """Refuse a run directory that holds a run made with another config, naming the keys.
+
+    Reads only: the CLI calls it before anything is written, ``fit`` again under the run's lock.
+    ``restart=true`` accepts any directory (``prepare_run_dir`` moves the old run aside).
+    """
+    if cfg.restart:
+        return
+    if state is None:
+        state = load_checkpoint(run_dir)
+    saved = state["config"] if state else _read_saved_config(run_dir)
+    if saved is None:
+        return
+    differing = config_differences(saved, OmegaConf.to_container(cfg, resolve=True))
+    if differing:
+        raise ConfigError(
+            f"{run_dir} holds a run made with another config (differs in: "
+            f"{', '.join(differing)}). Choose another name= for a new experiment, or add "
+            "restart=true to start this one over (the old directory is kept, renamed)."
+        )
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Check the run directory against ``cfg``; return the checkpoint to resume from, if any.
 
     A directory whose checkpoint was made with another config is refused, naming the keys, unless
-    ``restart=true``: then the old directory is renamed (never deleted) and the run starts over.
+    ``restart=true``: then the old directory is renamed whole (never deleted), and the new run
+    writes only into a new, empty directory.
     """
     state = load_checkpoint(run_dir) if not cfg.restart else None
-    saved = state["config"] if state else _read_saved_config(run_dir)
-    if saved is not None and not cfg.restart:
-        differing = config_differences(saved, OmegaConf.to_container(cfg, resolve=True))
-        if differing:
-            raise ConfigError(
-                f"{run_dir} holds a run made with another config (differs in: "
-                f"{', '.join(differing)}). Choose another name= for a new experiment, or add "
-                "restart=true to start this one over (the old directory is kept, renamed)."
-            )
+    check_run_dir(cfg, run_dir, state)
     if cfg.restart and run_dir.exists() and any(run_dir.iterdir()):
         kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(run_dir, kept)
@@ -392,8 +407,10 @@ def run_lock(run_dir: Path):
     """
     from filelock import FileLock, Timeout
 
+    new_folder = _first_missing(run_dir.parent)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(run_dir.parent / f".{run_dir.name}.lock", timeout=0)
+    lock_path = run_dir.parent / f".{run_dir.name}.lock"
+    lock = FileLock(lock_path, timeout=0)
     try:
         lock.acquire()
     except Timeout:
@@ -404,7 +421,20 @@ def run_lock(run_dir: Path):
     try:
         yield
     finally:
+        if not run_dir.exists():  # refused before it started: leave nothing behind
+            lock_path.unlink(missing_ok=True)
+            if new_folder is not None:
+                shutil.rmtree(new_folder, ignore_errors=True)
         lock.release()
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The highest folder on the way to ``folder`` that does not exist yet (None: all do)."""
+    folder = folder.absolute()
+    missing = None
+    while not folder.exists() and folder != folder.parent:
+        missing, folder = folder, folder.parent
+    return missing
 
 
 class Counters:
@@ -469,6 +499,9 @@ def fit(cfg: DictConfig) -> dict:
     Raises StopRequested after saving a checkpoint when SIGTERM/SIGINT arrives (the CLI exits
     with EXIT_INTERRUPTED); re-running the same config resumes, bit for bit on the CPU.
     """
+    from resexp.config import validate
+
+    validate(cfg)
     run_dir = Path(cfg.run_dir)
     device = select_device(cfg.device)
     amp_dtype = autocast_dtype(cfg.precision, device)
@@ -493,12 +526,31 @@ def fit(cfg: DictConfig) -> dict:
             log.info("%s is already completed (summary.json); nothing to do", run_dir)
             return previous
         data = load_data(cfg.data)
-        log.info("data: %s", data.description)
+        # Accepted: from here on the run writes into its own folder, and only there.
         run_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-        model = model.to(device=device, memory_format=memory_format)
-        guard.check()
-        return _train(cfg, run_dir, model, data, state, guard, device, amp_dtype, memory_format)
+        with log_to_file(run_dir / "train.log"):
+            log.info("data: %s", data.description)
+            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            model = model.to(device=device, memory_format=memory_format)
+            guard.check()
+            return _train(cfg, run_dir, model, data, state, guard, device, amp_dtype, memory_format)
+
+
+@contextlib.contextmanager
+def log_to_file(path: Path):
+    """Copy every log line to ``path`` (appended, with a time stamp) while the run lasts.
+
+    Attached only once the run has been accepted, so a refused start writes no log anywhere.
+    """
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _train(
@@ -744,18 +796,13 @@ def _write_summary(
         "data_identity": data.identity,
     }
     write_json(run_dir / "summary.json", summary)
-    log.info(
-        "%s/%s %s: train error %s%%, test error %s%% at iteration %s (%.0f s) -> %s",
-        run_dir.parent.name,
-        run_dir.name,
-        status,
-        _fmt(summary["train_error"]),
-        _fmt(summary["test_error"]),
-        summary["evaluated_at"],
-        wall,
-        run_dir,
-    )
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+    label = f"{run_dir.parent.name}/{run_dir.name}"
+    if not evaluations:
+        errors = "no evaluation yet"
+    else:
+        errors = (
+            f"train error {summary['train_error']:.2f}%, test error "
+            f"{summary['test_error']:.2f}% at the last evaluation (iteration {last['iteration']})"
+        )
+    log.info("%s %s at iteration %d: %s (%.0f s) -> %s", label, status, iteration, errors, wall,
+             run_dir)  # fmt: skip

@@ -33,7 +33,7 @@ def test_train_synthetic_smoke_run(tmp_path, residual, arch):
     "override,message",
     [
         ("depth=21", "6n+2"),
-        ("dept=20", "Could not override 'dept'"),
+        ("dept=20", "unknown key 'dept': did you mean depth?"),
         ("depth=abc", "could not be converted to Integer"),
         ("data=folder", "data.root=PATH"),
         ("shortcut=C", "shortcut=C is not one of"),

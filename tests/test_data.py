@@ -308,7 +308,7 @@ def test_unknown_source_lists_the_sources(tmp_path):
 
 
 def test_real_cifar10_jpeg_archive(cifar10_jpeg, cifar10_jpeg_cache, caplog):
-    # cifar10_jpeg (conftest.py): ../shared/data/cifar10-jpeg.tar.xz, or a skip that says so.
+    # cifar10_jpeg (conftest.py): RESEXP_TEST_CIFAR10_JPEG, or a skip that says so.
     # About 20 s on 2 idle cores (unpack about 10, decode 5); twice that on busy ones.
     cfg = DataConfig(source="folder", root=str(cifar10_jpeg), cache_dir=str(cifar10_jpeg_cache))
     start = time.perf_counter()

@@ -238,7 +238,7 @@ def test_diverging_run_stops_with_status_diverged(compose_cfg):
 def test_short_run_on_the_real_cifar10_jpeg_copy_learns(
     compose_cfg, cifar10_jpeg, cifar10_jpeg_cache
 ):
-    # CIFAR-10 itself (re-encoded as JPEG, ../shared/data): a few hundred CPU steps of ResNet-8
+    # CIFAR-10 itself (re-encoded as JPEG, RESEXP_TEST_CIFAR10_JPEG): a few hundred CPU steps of ResNet-8
     # on a 5k-image subset must end clearly better than chance (90% error) on 2k test images.
     cfg = compose_cfg(
         "depth=8",

@@ -355,3 +355,97 @@ def test_shattering_needs_no_trained_runs(tmp_path):
     result = json.loads((tmp_path / "nowhere/analysis/shattering/shattering.json").read_text())
     assert result["cifar"] == {} and set(result["lag1"]) == {"plain", "resnet"}
     assert any(p.suffix == ".png" for p in written)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fair samples: an image folder is read class by class (issue: "the first N" saw two classes)
+
+
+@pytest.fixture(scope="session")
+def sorted_folder_study(tmp_path_factory) -> tuple[Path, float]:
+    """ResNet-8 trained on a class-sorted image folder (10 classes, written as PNG files, read
+    back class by class as every image folder is); returns the study and its whole-test-set
+    error."""
+    from PIL import Image
+
+    from resexp.cli import compose
+    from resexp.data import load_data
+    from resexp.train import fit
+
+    tmp = tmp_path_factory.mktemp("sorted")
+    sizes = ["data.train_size=600", "data.test_size=400"]
+    generated = load_data(compose([f"data_dir={tmp}/data", "data=synthetic", *sizes]).data)
+    for split, xs, ys in (("train", generated.train_x, generated.train_y),
+                          ("test", generated.test_x, generated.test_y)):  # fmt: skip
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            folder = tmp / "folder" / split / f"class{int(y)}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x.permute(1, 2, 0).numpy()).save(folder / f"{i:05d}.png")
+    cfg = compose([f"output_root={tmp}", f"data_dir={tmp}/data", "data=folder",
+                   f"data.root={tmp / 'folder'}", "schedule=smoke", "device=cpu",
+                   "progress=none", "name=s", "depth=8"])  # fmt: skip
+    summary = fit(cfg)
+    return tmp / "s", summary["test_error"]
+
+
+def test_samples_are_seeded_balanced_and_the_same_for_every_call():
+    from resexp.analysis.common import balanced_sample
+
+    y = torch.arange(10).repeat_interleave(100)  # sorted by class, as an image folder is read
+    index = balanced_sample(y, 205)
+    assert torch.bincount(y[index], minlength=10).tolist().count(20) == 5  # 20 or 21 each
+    assert set(torch.bincount(y[index], minlength=10).tolist()) == {20, 21}
+    assert torch.equal(index, balanced_sample(y, 205))  # seeded: every network sees the same
+    assert len(set(y[index[:20]].tolist())) > 5  # shuffled: consecutive images mix classes
+    assert sorted(balanced_sample(y, 0).tolist()) == list(range(1000))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(ANALYSES))
+def test_analyses_of_a_class_sorted_folder_look_at_every_class(name, sorted_folder_study, tmp_path):
+    study, _ = sorted_folder_study
+    fast = {**FAST[name], **({"images": 100} if name in ("responses", "lesion") else {})}
+    if name == "gradients":
+        fast["grad_images"] = 40
+    if name == "landscape":
+        fast["train_images"] = 60
+    analyze(name, study, out_dir=tmp_path, batch_size=100, progress="none", **fast)
+    (numbers,) = tmp_path.glob("*.json")
+    samples = json.loads(numbers.read_text())["samples"]
+    assert samples, "the analysis must say which images it looked at"
+    for sample in samples:
+        counts = sample["per_class"]
+        assert len(counts) == 10 and max(counts) - min(counts) <= 1, sample  # every class
+        assert sample["seed"] == 0 and sample["images"] == sum(counts)
+
+
+@pytest.mark.slow
+def test_lesion_error_of_the_intact_net_matches_its_whole_test_set_error(
+    sorted_folder_study, tmp_path
+):
+    study, whole_test_error = sorted_folder_study
+    analyze("lesion", study, out_dir=tmp_path, images=200, draws=1, progress="none")
+    result = json.loads((tmp_path / "lesion.json").read_text())
+    (run,) = result["runs"].values()
+    assert abs(run["baseline_error"] - whole_test_error) < 8.0  # 200 of 400 images, balanced
+
+
+def test_unfinished_runs_are_left_out_unless_asked_and_then_named(study, tmp_path):
+    summary_path = next(study.glob("resnet-8/seed0")) / "summary.json"
+    saved = summary_path.read_text()
+    summary = json.loads(saved)
+    summary_path.write_text(json.dumps({**summary, "status": "interrupted", "iterations": 2}))
+    try:
+        assert [r.arch for r in find_runs(study)] == ["plain-8"]
+        analyze("responses", study, out_dir=tmp_path, images=32, unfinished="true",
+                progress="none")  # fmt: skip
+        result = json.loads((tmp_path / "responses.json").read_text())
+        analysed = {r["run"]: r for r in result["analysed_runs"]}
+        assert analysed["resnet-8/seed0 (interrupted at iteration 2)"]["iteration"] == 2
+        for check in result["checks"]:
+            assert (
+                "not completed: resnet-8/seed0 (interrupted at iteration 2)" in (check["measured"])
+            )
+            assert check["iterations"]["plain-8/seed0"] == 4
+    finally:
+        summary_path.write_text(saved)

@@ -71,7 +71,8 @@ NEEDS_NO_RUNS = {"shattering"}
 COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "out_dir": (None, "where the results go (default: <target>/analysis/<name>/)"),
     "device": ("cpu", "cpu, cuda, cuda:N, mps or auto"),
-    "images": (2000, "test images used (the first ones; 0: the whole test set)"),
+    "images": (2000, "test images used: a seeded, class-balanced sample (0: the whole set)"),
+    "unfinished": (False, "also analyse runs that have not completed, named as such"),
     "batch_size": (500, "images per forward pass"),
     "progress": ("auto", "auto (a bar on a terminal, log lines otherwise), bar, lines or none"),
 }
@@ -119,6 +120,7 @@ def analyze(
     images: int | None = 2000,
     batch_size: int = 500,
     progress: str = "auto",
+    unfinished: bool | str = False,
     **options: Any,
 ) -> list[Path]:
     """Run analysis ``name`` on the runs under ``target``; return the paths it wrote.
@@ -142,17 +144,20 @@ def analyze(
     if progress not in ("auto", "bar", "lines", "none"):
         raise ConfigError(f"progress must be auto, bar, lines or none, not {progress!r}")
 
+    unfinished = _coerce("unfinished", unfinished, False)
     target = Path(target)
-    runs = [] if name in NEEDS_NO_RUNS and not target.exists() else find_runs(target)
+    runs = [] if name in NEEDS_NO_RUNS and not target.exists() else find_runs(target, unfinished)
     if not runs and name not in NEEDS_NO_RUNS:
         raise ResexpError(
-            f"no trained runs under {target} (a run folder holds config.yaml and checkpoint.pt); "
-            "give a run folder such as outputs/NAME/resnet-20/seed0 or a study folder such as "
-            "outputs/NAME, or train first with `resexp train`"
+            f"no completed runs under {target} (a run folder holds config.yaml, checkpoint.pt "
+            "and a summary.json saying completed); give a run folder such as "
+            "outputs/NAME/resnet-20/seed0 or a study folder such as outputs/NAME, train first "
+            "with `resexp train`, or add unfinished=true to analyse runs that have not completed"
         )
     dev = select_device(device)
     out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
     settings = Settings(dev, images or None, batch_size, DataCache(dev))
+    out.runs, out.samples = runs, settings.data.samples
     log.info(
         "analysis %s: %d run%s under %s -> %s",
         name,

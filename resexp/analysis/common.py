@@ -25,7 +25,13 @@ from torch import Tensor
 from resexp.config import arch_name
 from resexp.errors import ResexpError
 from resexp.models import CifarResNet, build_model
-from resexp.tracking import CHECKPOINT, PREVIOUS_CHECKPOINT, load_checkpoint, write_json
+from resexp.tracking import (
+    CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
+    format_seconds,
+    load_checkpoint,
+    write_json,
+)
 
 log = logging.getLogger("resexp.analysis")
 
@@ -67,8 +73,31 @@ class Run:
         return arch_name(self.residual, self.block, self.depth)
 
     @property
+    def summary(self) -> dict:
+        """The run's summary.json ({} while it has none: still training, or killed)."""
+        from resexp.tracking import read_json
+
+        found = read_json(self.path / "summary.json")
+        return found if isinstance(found, dict) else {}
+
+    @property
+    def status(self) -> str:
+        """completed, interrupted, diverged, failed, or partial (no summary.json)."""
+        return str(self.summary.get("status", "partial"))
+
+    @property
+    def iteration(self) -> int | None:
+        """The iteration it trained to, as its summary says (None without one)."""
+        return self.summary.get("iterations")
+
+    @property
     def label(self) -> str:
-        return f"{self.arch}/seed{self.seed}"
+        """arch/seedK, and for a run that has not completed, its state and iteration."""
+        name = f"{self.arch}/seed{self.seed}"
+        if self.status == "completed":
+            return name
+        at = f" at iteration {self.iteration:,}" if self.iteration is not None else ""
+        return f"{name} ({self.status}{at})"
 
     @property
     def identity(self) -> dict:
@@ -129,11 +158,14 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
-def find_runs(target: Path) -> list[Run]:
+def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
     """The runs at ``target``: the run itself, or every run folder below a study folder.
 
-    Hidden folders (Hydra's ``.hydra/``), folders kept by ``restart=true`` (``seed0.old-*``) and
-    analysis outputs are skipped. Sorted by block, depth, plain before residual, then seed.
+    Only completed runs (summary.json says so), unless ``unfinished``: an interrupted, diverged
+    or still-running run's checkpoint is not a trained network, and its twin may have trained
+    longer; with ``unfinished`` such runs come in, labelled with their state and iteration.
+    Hidden folders, folders kept by ``restart=true`` (``seed0.old-*``) and analysis outputs are
+    skipped. Sorted by block, depth, plain before residual, then seed.
     """
     target = Path(target)
     if not target.exists():
@@ -153,13 +185,46 @@ def find_runs(target: Path) -> list[Run]:
     runs = []
     for folder in folders:
         config = _read_config(folder)
-        if config is not None and "depth" in config:
-            runs.append(Run(folder, config))
+        if config is None or "depth" not in config:
+            continue
+        run = Run(folder, config)
+        if run.status != "completed" and not unfinished:
+            log.info("skipping %s: %s, not completed (unfinished=true includes it)", folder,
+                     run.label.split(" (", 1)[-1].rstrip(")"))  # fmt: skip
+            continue
+        runs.append(run)
     return sorted(runs, key=lambda r: (r.block, r.depth, r.residual, r.seed, str(r.path)))
 
 
 # ----------------------------------------------------------------------------------------------
 # Data
+
+
+SAMPLE_SEED = 0  # every analysis of every network of a study looks at the same images
+
+
+def balanced_sample(y: Tensor, images: int | None, seed: int = SAMPLE_SEED) -> Tensor:
+    """Indices of a seeded, class-balanced sample of ``images`` of the labels ``y``, shuffled.
+
+    Each class gets ``images // classes`` images, and the remainder one more each in a seeded
+    order of classes (a class with too few images gives what it has). None or 0, or more than
+    there are: all of them, shuffled. Never "the first N": an image folder is read class by
+    class, so the first 2,000 CIFAR-10 test images would be airplanes and automobiles only.
+    """
+    g = torch.Generator().manual_seed(seed)
+    labels = y.cpu()
+    if not images or images >= len(labels):
+        return torch.randperm(len(labels), generator=g)
+    classes = int(labels.max()) + 1
+    want = [images // classes] * classes
+    for c in torch.randperm(classes, generator=g)[: images % classes].tolist():
+        want[c] += 1
+    chosen = []
+    for c in range(classes):
+        members = (labels == c).nonzero().flatten()
+        chosen.append(members[torch.randperm(len(members), generator=g)[: want[c]]])
+    index = torch.cat(chosen)
+    return index[torch.randperm(len(index), generator=g)]
 
 
 @dataclass
@@ -173,12 +238,22 @@ class RunData:
     mean: Tensor
     std: Tensor
     description: str
+    samples: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # drawn so far
 
     def subset(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
-        """The first ``images`` images of ``split`` (all of them for None or 0)."""
+        """A seeded, class-balanced sample of ``images`` images of ``split`` (see
+        ``balanced_sample``; None or 0: all of them), recorded in ``samples``."""
         x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
-        if images:
-            x, y = x[:images], y[:images]
+        index = balanced_sample(y, images).to(y.device)
+        x, y = x[index], y[index]
+        per_class = torch.bincount(y.cpu(), minlength=int(self.test_y.max()) + 1).tolist()
+        self.samples[(split, len(y))] = {
+            "split": split,
+            "images": len(y),
+            "seed": SAMPLE_SEED,
+            "per_class": per_class,
+            "how": "seeded, class-balanced sample (resexp.analysis.common.balanced_sample)",
+        }
         return x, y
 
     def normalized(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
@@ -193,6 +268,7 @@ class DataCache:
     def __init__(self, device: torch.device):
         self.device = device
         self._loaded: dict[str, RunData] = {}
+        self.samples: dict[tuple[str, int], dict[str, Any]] = {}  # every sample drawn, any data
 
     def __call__(self, run: Run) -> RunData:
         from omegaconf import OmegaConf
@@ -205,7 +281,14 @@ class DataCache:
             data = load_data(OmegaConf.create(cfg)).to(self.device)
             mean, std = mean_std(data.train_x, cfg.get("normalize", "pixel_mean"))
             self._loaded[key] = RunData(
-                data.train_x, data.train_y, data.test_x, data.test_y, mean, std, data.description
+                data.train_x,
+                data.train_y,
+                data.test_x,
+                data.test_y,
+                mean,
+                std,
+                data.description,
+                self.samples,
             )
         return self._loaded[key]
 
@@ -254,7 +337,13 @@ class Steps:
         self._next_line = 0.0
         self._bar = None
         if mode == "bar":
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
@@ -262,6 +351,7 @@ class Steps:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 TextColumn("{task.fields[note]}"),
             )
             self._task = self._bar.add_task(label, total=self.total, note="")
@@ -275,13 +365,16 @@ class Steps:
             fraction = self.done / self.total
             if fraction >= self._next_line or self.done == self.total:  # about every 10%
                 self._next_line = fraction + 0.1
+                elapsed = time.perf_counter() - self.start
+                left = elapsed / self.done * (self.total - self.done)
                 log.info(
-                    "%s: %d/%d %s (%.0f s)",
+                    "%s: %d/%d %s (%.0f s, time left ~%s)",
                     self.label,
                     self.done,
                     self.total,
                     note,
-                    time.perf_counter() - self.start,
+                    elapsed,
+                    format_seconds(left),
                 )
 
     def close(self) -> None:
@@ -313,6 +406,8 @@ class Output:
         self.progress = progress
         self.written: list[Path] = []
         self.checks: list[dict[str, Any]] = []
+        self.runs: list[Run] = []  # the runs analysed: each check names their iterations
+        self.samples: dict[tuple[str, int], dict[str, Any]] = {}  # the images they looked at
         self._writer = None
 
     @property
@@ -357,6 +452,17 @@ class Output:
         return self._record(path)
 
     def json(self, stem: str, obj: Any) -> Path:
+        """Write ``obj`` as ``<stem>.json``; a dict gains ``samples`` (the images it looked at)
+        and ``analysed_runs`` (each run's status and iteration)."""
+        if isinstance(obj, dict):
+            obj = {
+                **obj,
+                "samples": list(self.samples.values()),
+                "analysed_runs": [
+                    {"run": r.label, "status": r.status, "iteration": r.iteration}
+                    for r in self.runs
+                ],
+            }
         path = self.dir / f"{stem}.json"
         write_json(path, _finite(obj))
         return self._record(path)
@@ -365,12 +471,16 @@ class Output:
         self, claim: str, expected: str, measured: str, agrees: bool | None, source: str
     ) -> dict[str, Any]:
         """Record and log one comparison with the literature (agrees None: cannot be judged)."""
+        unfinished = [r.label for r in self.runs if r.status != "completed"]
+        if unfinished:  # never compared as if trained: say which runs had not finished
+            measured += f" [not completed: {'; '.join(unfinished)}]"
         item = {
             "claim": claim,
             "source": source,
             "expected": expected,
             "measured": measured,
             "agrees": agrees,
+            "iterations": {r.label: r.iteration for r in self.runs},
         }
         self.checks.append(item)
         log.info(

@@ -219,18 +219,21 @@ def load_run(path: Path) -> Run:
         return default
 
     arch = path.parent.name
-    name_depth = re.search(r"-(\d+)$", arch)
+    name_depth = re.search(r"-?(\d+)(?=$|-)", arch)  # plain-56, resnet50, resnet50-imagenet-stem
     depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
     residual = bool(setting("residual", not arch.startswith("plain")))
-    family = arch[: name_depth.start()] if name_depth else arch
+    family = family_of(arch, depth)
     block = str(
         setting("block", "basic" if family in ("plain", "resnet") else family.split("-")[-1])
     )
     shortcut = str(setting("shortcut", "A"))
+    net_family, stem = str(setting("family", "cifar")), str(setting("stem", "cifar"))
     schedule = (config or {}).get("schedule") or {}
     planned = (summary or {}).get("planned_iterations") or schedule.get("iterations")
     data = (summary or {}).get("data") or ((config or {}).get("data") or {}).get("source")
-    params = (summary or {}).get("params") or _count_parameters(depth, residual, shortcut, block)
+    params = (summary or {}).get("params") or _count_parameters(
+        depth, residual, shortcut, block, net_family, stem
+    )
     return Run(
         path=path,
         arch=arch,
@@ -280,14 +283,23 @@ def _read_config(path: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def _count_parameters(depth: int, residual: bool, shortcut: str, block: str) -> int | None:
+def _count_parameters(
+    depth: int, residual: bool, shortcut: str, block: str, family: str, stem: str
+) -> int | None:
     """Parameters of a network without a summary.json yet (a run still in progress)."""
     try:
         from resexp.models import build_model, count_parameters
 
-        return count_parameters(build_model(depth, residual, shortcut, block))
+        model = build_model(depth, residual, shortcut, block, family=family, stem=stem)
+        return count_parameters(model)
     except Exception:
         return None
+
+
+def family_of(arch: str, depth: int) -> str:
+    """The arch name without its depth: plain-56 -> plain, resnet50 -> resnet,
+    plain-bottleneck-164 -> plain-bottleneck, resnet50-imagenet-stem -> resnet-imagenet-stem."""
+    return re.sub(rf"-?{depth}(?=$|-)", "", arch, count=1)
 
 
 def _mtime(run: Path) -> float:
@@ -366,6 +378,8 @@ class Network:
         """The plain network of the same depth and block (a plain net is its own twin)."""
         if not self.residual:
             return self.arch
+        if re.match(r"resnet\d", self.arch):  # the ImageNet family: resnet50 -> plain50
+            return "plain" + self.arch.removeprefix("resnet")
         return (
             f"plain-{self.depth}" if self.block == "basic" else f"plain-{self.block}-{self.depth}"
         )
@@ -386,7 +400,7 @@ def group_networks(runs: list[Run]) -> list[Network]:
         first = group[0]
         usable = [r for r in group if r.usable]
         used = [r for r in usable if r.status == "completed"] or usable
-        family = arch.removesuffix(f"-{first.depth}")
+        family = family_of(arch, first.depth)
         networks.append(
             Network(
                 arch=arch,

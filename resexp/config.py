@@ -33,15 +33,17 @@ class SyntheticConfig:
 class DataConfig:
     """Where the images come from and how they are prepared."""
 
-    source: str = "cifar10"  # cifar10 | folder | synthetic
-    root: str = MISSING  # cifar10: download dir; folder: ROOT/{train,test}/<class>/* or an archive
-    download: bool = True  # cifar10 only: fetch through torchvision when absent
+    source: str = "cifar10"  # cifar10 | cifar100 | folder | synthetic
+    root: str = MISSING  # cifar10/100: download dir; folder: ROOT/{train,test}/<class>/* or archive
+    download: bool = True  # cifar10/100 only: fetch through torchvision when absent
     cache_dir: str = "${data_dir}/cache"  # decoded uint8 tensors, one file per data set
     train_size: int | None = None  # use a fixed random subset of the training images
     test_size: int | None = None  # likewise for the test images
     validation: bool = False  # paper's 45k/5k split: evaluate on 5k held out of train
     validation_size: int = 5000  # He et al. 2015, sec. 4.2
     normalize: str = "pixel_mean"  # pixel_mean (He et al. 2015, sec. 4.2) | channel_std
+    # Augmentation pads the raw pixels with black (0) before the mean is subtracted, as
+    # torchvision pipelines do (fb.resnet.torch pads the mean-subtracted image with zeros).
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -84,7 +86,11 @@ class Config:
     depth: int = 20  # 6n+2: 20, 32, 44, 56, 110, 1202 (He et al. 2015, Table 6)
     residual: bool = True  # the experiment's one variable: identity shortcuts or none
     shortcut: str = "A"  # A: zero-padding identity (paper's CIFAR choice) | B: 1x1 projection
-    block: str = "basic"  # basic (He et al. 2015) | preact (He et al. 2016) | highway
+    block: str = "basic"  # basic (He et al. 2015) | preact (He et al. 2016) | highway | bottleneck
+    # (He et al. 2016: pre-activation 1x1-3x3-1x1, depth 9n+2: 164, 1001). family=imagenet: the
+    # depth fixes the block (basic for 18/34, bottleneck for 50+); leave it at basic or name it.
+    family: str = "cifar"  # cifar (He et al. 2015, sec. 4.2) | imagenet (Table 1: depth 18-152)
+    stem: str = "cifar"  # family=imagenet: cifar (3x3 conv) | imagenet (7x7/2 conv, 3x3/2 max-pool)
     seed: int = 0
     device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16) | fp32 | bf16
@@ -94,18 +100,35 @@ class Config:
     log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard
     output_root: str = "outputs"
     data_dir: str = "${oc.env:RESEXP_DATA_DIR,data}"
-    run_dir: str = "${output_root}/${name}/${arch:${residual},${block},${depth}}/seed${seed}"
+    run_dir: str = (
+        "${output_root}/${name}/${arch:${residual},${block},${depth},${family},${stem}}/seed${seed}"
+    )
     restart: bool = False  # start over even if the run directory holds a run (kept, renamed)
     progress: str = "auto"  # auto (a bar on a terminal, lines otherwise) | bar | lines | none
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
-def arch_name(residual: bool, block: str, depth: int) -> str:
-    """The run's folder and TensorBoard name: plain-56, resnet-56, preact-56, highway-56."""
+def arch_name(
+    residual: bool, block: str, depth: int, family: str = "cifar", stem: str = "cifar"
+) -> str:
+    """The run's folder and TensorBoard name: plain-56, resnet-56, preact-56, highway-56,
+    bottleneck-164, plain-bottleneck-164; the ImageNet family as torchvision names it, resnet50
+    and plain50 (resnet50-imagenet-stem with the 7x7 stem)."""
+    if family == "imagenet":
+        name = f"{'resnet' if residual else 'plain'}{depth}"
+        return f"{name}-imagenet-stem" if stem == "imagenet" else name
     if block == "basic":
         return f"{'resnet' if residual else 'plain'}-{depth}"
     return f"{block}-{depth}" if residual else f"plain-{block}-{depth}"
+
+
+def num_classes(cfg: Any) -> int | None:
+    """The number of classes the data config names (None for an image folder: known once read)."""
+    source = str(cfg.data.source)
+    if source == "synthetic":
+        return int(cfg.data.synthetic.num_classes)
+    return {"cifar10": 10, "cifar100": 100}.get(source)
 
 
 def register() -> None:

@@ -1,6 +1,7 @@
 """Image data sets as uint8 tensors, and their augmentation and batching on the device.
 
-Sources: CIFAR-10 in torchvision's python format (downloaded when absent), an image-folder tree
+Sources: CIFAR-10 and CIFAR-100 in torchvision's python format (downloaded when absent), an
+image-folder tree
 ``ROOT/{train,test}/<class>/*.png|jpg`` or a tar archive of one, and generated images with a
 learnable class structure for smoke runs. Decoded images are cached as one ``torch.save`` file.
 
@@ -40,10 +41,11 @@ from resexp.errors import DataError
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("cifar10", "folder", "synthetic")
+SOURCES = ("cifar10", "folder", "synthetic", "cifar100")
 IMAGE_SIZE = 32  # CIFAR-10's; the networks of He et al. 2015, sec. 4.2 take 32x32 inputs
 CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's layout of the python version
 CIFAR10_TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR100_FOLDER = "cifar-100-python"  # torchvision's layout: train, test and meta pickles
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.xz", ".tgz", ".tar")
 SYNTHETIC_SIZES = (2000, 500)  # train, test images when data.train_size / data.test_size are unset
@@ -76,6 +78,8 @@ def load_data(cfg: Any) -> ImageData:
     """Read (or generate) the data set that ``cfg`` (a ``DataConfig``) describes."""
     if cfg.source == "cifar10":
         sets, where = _cifar10(cfg), f"CIFAR-10 (torchvision) at {cfg.root}"
+    elif cfg.source == "cifar100":
+        sets, where = _cifar100(cfg), f"CIFAR-100 (torchvision) at {cfg.root}"
     elif cfg.source == "folder":
         sets, where = _folder(cfg), f"image folder {cfg.root}"
     elif cfg.source == "synthetic":
@@ -203,6 +207,65 @@ def _download_cifar10(root: Path) -> None:
         ) from None
 
 
+def _cifar100(cfg: Any) -> dict[str, Any]:
+    """CIFAR-100 (Krizhevsky 2009) from torchvision's python pickles under ``cfg.root``: the same
+    50,000 / 10,000 32x32 images as CIFAR-10's format, labelled with the 100 fine classes."""
+    root = Path(cfg.root).expanduser().absolute()
+    cache = Path(cfg.cache_dir) / f"cifar100-{_digest(str(root))}.pt"
+    return _cached(cache, lambda: _read_cifar100(root, cfg.download))
+
+
+def _read_cifar100(root: Path, download: bool) -> dict[str, Any]:
+    folder = root / CIFAR100_FOLDER
+    if not folder.is_dir():
+        if not download:
+            raise DataError(
+                f"CIFAR-100 is not in {root} (no {CIFAR100_FOLDER}/ there) and data.download is "
+                f"false. Put torchvision's {CIFAR100_FOLDER}/ folder there, or use "
+                "`data=folder data.root=PATH` or `data=synthetic data.synthetic.num_classes=100`."
+            )
+        _download_cifar100(root)
+    train_x, train_y = _read_cifar100_set(folder / "train")
+    test_x, test_y = _read_cifar100_set(folder / "test")
+    classes = [name.decode() for name in _unpickle(folder / "meta")[b"fine_label_names"]]
+    log.info("CIFAR-100 at %s: %d train / %d test images", root, len(train_x), len(test_x))
+    return {
+        "train_x": train_x,
+        "train_y": train_y,
+        "test_x": test_x,
+        "test_y": test_y,
+        "classes": classes,
+    }
+
+
+def _download_cifar100(root: Path) -> None:
+    log.info("downloading CIFAR-100 into %s", root)
+    new_folder = _first_missing(root)
+    try:
+        import torchvision
+
+        torchvision.datasets.CIFAR100(str(root), train=True, download=True)
+    except Exception as error:
+        if new_folder is not None:  # a failed download leaves no folder behind
+            shutil.rmtree(new_folder, ignore_errors=True)
+        raise DataError(
+            f"could not download CIFAR-100 into {root}; the network is likely unavailable "
+            f"({_one_line(error)}). Put torchvision's {CIFAR100_FOLDER}/ folder there, or use "
+            "`data=folder data.root=PATH`."
+        ) from None
+
+
+def _read_cifar100_set(path: Path) -> tuple[Tensor, Tensor]:
+    """One CIFAR-100 pickle (train or test): ``data`` rows of 3072 uint8, ``fine_labels``."""
+    batch = _unpickle(path)
+    try:
+        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
+        y = np.asarray(batch[b"fine_labels"], dtype=np.int64)
+    except (KeyError, ValueError) as error:
+        raise DataError(f"{path} is not a CIFAR-100 set ({_one_line(error)})") from None
+    return torch.from_numpy(x.copy()), torch.from_numpy(y)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
@@ -210,7 +273,7 @@ def _unpickle(path: Path) -> dict:
     except (OSError, EOFError, pickle.UnpicklingError) as error:
         raise DataError(
             f"cannot read {path} ({_one_line(error)}); delete {path.parent} and run again to "
-            "download CIFAR-10 afresh"
+            "download it afresh"
         ) from None
 
 
@@ -628,6 +691,11 @@ def _crops(padded: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, size: int = IMA
 
 def augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """Pad 4 zero pixels on each side, take a random 32x32 crop, flip it with probability 1/2.
+
+    He et al. 2015, sec. 4.2: "4 pixels are padded on each side, and a 32x32 crop is randomly
+    sampled from the padded image or its horizontal flip". The padding is black (raw value 0),
+    applied to the raw pixels before the per-pixel mean is subtracted, as torchvision pipelines
+    do; fb.resnet.torch subtracts the mean first and pads with zeros, i.e. with the mean image.
 
     ``x`` is uint8 (B, 3, 32, 32); the random numbers come from ``generator`` on ``x.device``.
     """

@@ -14,11 +14,23 @@ Variants for the follow-up studies:
   Networks" (arXiv 1507.06228).
 - ``lesion()`` on any block replaces it by its shortcut at test time, Veit, Wilber, Belongie 2016,
   "Residual Networks Behave Like Ensembles of Relatively Shallow Networks" (arXiv 1605.06431).
+
+The wider family, each with its plain twin (the same layers without the additions):
+- ``PreActBottleneck``: 1x1-3x3-1x1 with 4x expansion, pre-activated, 9n+2 layers on CIFAR:
+  ResNet-164 and ResNet-1001 of He et al. 2016 (Table 2: 1.7M and 10.2M parameters).
+- ``ImageNetResNet``: ResNet-18/34 (``BasicBlock``) and 50/101/152 (``Bottleneck``) of He et al.
+  2015, Table 1, with a CIFAR stem (3x3 conv, no max-pool) or the ImageNet one (7x7/2 conv, 3x3/2
+  max-pool); with the ImageNet stem, option B and 1000 classes, exactly torchvision's ResNets
+  (``from_torchvision`` and ``to_torchvision`` translate their state dicts).
+- ``Residual(layer)``: an identity shortcut, or option A/B where the shape changes, around any
+  module.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -26,11 +38,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 Shortcut = Literal["A", "B"]
-BlockKind = Literal["basic", "preact", "highway"]
+BlockKind = Literal["basic", "preact", "highway", "bottleneck"]
+Family = Literal["cifar", "imagenet"]
+Stem = Literal["cifar", "imagenet"]
 
 SHORTCUTS: tuple[str, ...] = ("A", "B")
-BLOCKS: tuple[str, ...] = ("basic", "preact", "highway")
+BLOCKS: tuple[str, ...] = ("basic", "preact", "highway", "bottleneck")
+FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
+STEMS: tuple[str, ...] = ("cifar", "imagenet")
 WIDTHS: tuple[int, int, int] = (16, 32, 64)  # filters per stage, He et al. 2015, sec. 4.2
+EXPANSION = 4  # a bottleneck's last 1x1 conv widens 4x: He et al. 2015, Fig. 5; He et al. 2016
+
+# He et al. 2015, Table 1: blocks per stage (on 56, 28, 14, 7 pixel maps at 224x224) with 64,
+# 128, 256, 512 filters; ResNet-18/34 use basic blocks, ResNet-50/101/152 bottlenecks.
+IMAGENET_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
+IMAGENET_LAYOUTS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+}
+IMAGENET_DEPTHS: tuple[int, ...] = tuple(IMAGENET_LAYOUTS)
 
 # Srivastava et al. 2015, sec. 2.2: a negative gate bias makes every block start close to the
 # carry path (T(x) ~ sigmoid(-1) = 0.27), which lets very deep highway nets train.
@@ -51,21 +80,29 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def check_depth(depth: int) -> int:
-    """Return n for a depth of 6n+2 layers; raise ValueError for any other depth."""
-    valid = "20, 32, 44, 56, 110, 1202 (any 6n+2: 8, 14, 20, 26, ...)"
+def check_depth(depth: int, block: str = "basic") -> int:
+    """Return n for a CIFAR net's depth: 6n+2 layers (two 3x3 convs a block), or 9n+2 for
+    ``block="bottleneck"`` (three convs a block); raise ValueError for any other depth."""
+    if block == "bottleneck":
+        form, per_block, first = "9n+2", 9, 11
+        valid = "164, 1001 (any 9n+2: 11, 20, 29, ...)"
+        source = "He et al. 2016, sec. 4"
+    else:
+        form, per_block, first = "6n+2", 6, 8
+        valid = "20, 32, 44, 56, 110, 1202 (any 6n+2: 8, 14, 20, 26, ...)"
+        source = "He et al. 2015, sec. 4.2"
     # bool is an int subclass: depth=True must not pass as depth 1.
     if isinstance(depth, bool) or not isinstance(depth, int):
         raise ValueError(
-            f"depth must be an integer of the form 6n+2 with n >= 1, got {depth!r}; "
+            f"depth must be an integer of the form {form} with n >= 1, got {depth!r}; "
             f"valid depths: {valid}"
         )
-    if depth < 8 or (depth - 2) % 6 != 0:
+    if depth < first or (depth - 2) % per_block != 0:
         raise ValueError(
-            f"depth must be 6n+2 with n >= 1 (He et al. 2015, sec. 4.2), got {depth}; "
+            f"depth must be {form} with n >= 1 for block={block} ({source}), got {depth}; "
             f"valid depths: {valid}"
         )
-    return (depth - 2) // 6
+    return (depth - 2) // per_block
 
 
 # -------------------------------------------------------------------------------------------------
@@ -97,26 +134,138 @@ class ShortcutA(nn.Module):
 
 
 class ShortcutB(nn.Module):
-    """Option B: a 1x1 conv projection (with the block's stride) followed by BN."""
+    """Option B: a 1x1 conv projection (with the block's stride) followed by BN.
 
-    def __init__(self, in_planes: int, out_planes: int, stride: int = 1) -> None:
+    ``bn=False``: the bare projection of pre-activation units (He et al. 2016), whose input is
+    already batch-normalized and whose output meets no BN before the addition.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 1, bn: bool = True) -> None:
         super().__init__()
         self.conv = conv1x1(in_planes, out_planes, stride)
-        self.bn = nn.BatchNorm2d(out_planes)
+        self.bn = nn.BatchNorm2d(out_planes) if bn else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(x))
+        x = self.conv(x)
+        return self.bn(x) if self.bn is not None else x
 
 
-def make_shortcut(in_planes: int, planes: int, stride: int, shortcut: str) -> nn.Module:
+def make_shortcut(
+    in_planes: int, planes: int, stride: int, shortcut: str, projection_bn: bool = True
+) -> nn.Module:
     """Identity where shapes match; option A or B only where the block changes them."""
     if stride == 1 and in_planes == planes:
         return nn.Identity()
     if shortcut == "A":
         return ShortcutA(in_planes, planes, stride)
     if shortcut == "B":
-        return ShortcutB(in_planes, planes, stride)
+        return ShortcutB(in_planes, planes, stride, bn=projection_bn)
     raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {shortcut!r}")
+
+
+# -------------------------------------------------------------------------------------------------
+# A residual wrapper for any layer
+
+
+class Residual(nn.Module):
+    """``y = layer(x) + shortcut(x)`` around any module (He et al. 2015, eq. 1 and 2).
+
+    The shortcut is the identity where ``layer`` keeps the shape of its input. Where it maps a
+    (C, H, W) feature map to C' >= C channels on a map subsampled by an integer stride, option A
+    pads zeros (no parameters); option B projects (1x1 conv and BN, any C'). Any other change
+    of shape has no shortcut that fits: ValueError, naming both shapes.
+
+    The shapes are found once, here, by running ``layer`` on meta tensors (no computation, its
+    weights and BN statistics untouched). ``in_shape`` is the input's shape without the batch
+    dimension; by default (in_channels, 32, 32) for a layer that starts with a conv, or
+    (in_features,) for one that starts with a Linear.
+
+    Nothing follows the addition (the identity mapping of He et al. 2016); put a ReLU after the
+    wrapper for the 2015 block. ``residual=False`` gives the plain twin: the layer alone, with
+    no shortcut module (so with option A, exactly the same parameters).
+    """
+
+    def __init__(
+        self,
+        layer: nn.Module,
+        shortcut: Shortcut = "A",
+        residual: bool = True,
+        in_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ValueError(f"shortcut must be one of {', '.join(SHORTCUTS)}, got {shortcut!r}")
+        self.layer = layer
+        self.residual = residual
+        self.in_shape = tuple(in_shape) if in_shape is not None else _input_shape(layer)
+        self.out_shape = _output_shape(layer, self.in_shape)
+        fitted = shortcut_between(self.in_shape, self.out_shape, shortcut)
+        self.shortcut = fitted if residual else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer(x)
+        if self.residual:
+            out = out + self.shortcut(x)  # the one line that makes it residual
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_shape={self.in_shape}, out_shape={self.out_shape}, residual={self.residual}"
+
+
+def shortcut_between(in_shape: Sequence[int], out_shape: Sequence[int], shortcut: str) -> nn.Module:
+    """The shortcut from ``in_shape`` to ``out_shape`` (batch dimension left out): the identity,
+    option A or option B; ValueError, naming both shapes, where none fits."""
+    in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+    if in_shape == out_shape:
+        return nn.Identity()
+    why = "only a (C, H, W) feature map subsampled by an integer stride can be padded or projected"
+    if len(in_shape) == len(out_shape) == 3:
+        (c, h, w), (c2, h2, w2) = in_shape, out_shape
+        # A stride-s shortcut (a 1x1 conv, or taking every s-th pixel) maps H to ceil(H / s).
+        strides = [s for s in range(1, max(h, w) + 1) if -(-h // s) == h2 and -(-w // s) == w2]
+        if strides and shortcut == "B":
+            return ShortcutB(c, c2, strides[0])
+        if strides and c2 >= c:
+            return ShortcutA(c, c2, strides[0])
+        if strides:
+            why = "option A can only add channels; shortcut B projects to fewer"
+        else:
+            why = f"{h}x{w} -> {h2}x{w2} pixels is no integer stride"
+    raise ValueError(
+        f"no shortcut fits a layer that maps shape {in_shape} to {out_shape} (batch left out): "
+        f"{why}"
+    )
+
+
+def _input_shape(layer: nn.Module) -> tuple[int, ...]:
+    """(in_channels, 32, 32) or (in_features,) from the first conv or Linear of ``layer``."""
+    for m in layer.modules():
+        if isinstance(m, nn.Conv2d):
+            return (m.in_channels, 32, 32)
+        if isinstance(m, nn.Linear):
+            return (m.in_features,)
+    raise ValueError(
+        f"cannot tell the input shape of {type(layer).__name__} (no Conv2d or Linear in it): "
+        "pass in_shape=(C, H, W) or (features,), without the batch dimension"
+    )
+
+
+def _output_shape(layer: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of ``layer``'s output for one input of ``in_shape``, found on meta tensors."""
+    tensors = {
+        name: torch.empty_like(t, device="meta")
+        for name, t in itertools.chain(layer.named_parameters(), layer.named_buffers())
+    }
+    x = torch.empty(1, *in_shape, device="meta")
+    try:
+        with torch.no_grad():
+            out = torch.func.functional_call(layer, tensors, (x,))
+    except Exception as error:
+        raise ValueError(
+            f"{type(layer).__name__} does not take an input of shape {in_shape} (batch left out): "
+            f"{error}; pass the right in_shape"
+        ) from None
+    return tuple(out.shape[1:])
 
 
 # -------------------------------------------------------------------------------------------------
@@ -126,13 +275,25 @@ def make_shortcut(in_planes: int, planes: int, stride: int, shortcut: str) -> nn
 class _Block(nn.Module):
     """What all blocks share: the residual flag, the shape change, and the lesion switch."""
 
+    expansion = 1  # output channels per unit of ``planes``
+
     def __init__(
-        self, in_planes: int, planes: int, stride: int, residual: bool, shortcut: Shortcut
+        self,
+        in_planes: int,
+        out_planes: int,
+        stride: int,
+        residual: bool,
+        shortcut: Shortcut,
+        projection_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.shortcut = make_shortcut(in_planes, planes, stride, shortcut) if residual else None
+        self.shortcut = (
+            make_shortcut(in_planes, out_planes, stride, shortcut, projection_bn)
+            if residual
+            else None
+        )
         self.residual = residual
-        self.same_shape = stride == 1 and in_planes == planes
+        self.same_shape = stride == 1 and in_planes == out_planes
         self.lesioned = False
 
     def lesion(self, on: bool = True) -> None:
@@ -253,25 +414,131 @@ class HighwayBlock(_Block):
         return F.relu(t * out + (1 - t) * self.shortcut(x))
 
 
+class Bottleneck(_Block):
+    """1x1 (reduce to ``planes``), 3x3, 1x1 (expand to 4 * ``planes``) conv-BN layers; the
+    addition before the last ReLU. He et al. 2015, Fig. 5 (right), ResNet-50/101/152.
+
+    The stride sits on the 3x3 conv, as in torchvision (and fb.resnet.torch), not on the first
+    1x1 as in the paper: the same parameters, more MACs, and torchvision's weights fit.
+    """
+
+    expansion = EXPANSION
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        residual: bool = True,
+        shortcut: Shortcut = "A",
+    ) -> None:
+        super().__init__(in_planes, planes * EXPANSION, stride, residual, shortcut)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * EXPANSION)
+        self.bn3 = nn.BatchNorm2d(planes * EXPANSION)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.lesioned:
+            return F.relu(self.shortcut(x)) if self.residual else x
+
+        out = F.relu(self.bn1(self.conv1(x)))  # (B, planes, H, W)
+        out = F.relu(self.bn2(self.conv2(out)))  # (B, planes, H/s, W/s)
+        out = self.bn3(self.conv3(out))  # (B, 4 planes, H/s, W/s)
+
+        if self.residual:
+            out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class PreActBottleneck(_Block):
+    """BN-ReLU-conv three times (1x1 reduce, 3x3, 1x1 expand 4x), then the addition.
+
+    He et al. 2016, Fig. 4(e) with the bottleneck of He et al. 2015, Fig. 5: the unit of
+    ResNet-164 and ResNet-1001 (sec. 4). The stride sits on the 3x3 conv. As in that paper (and
+    its code, KaimingHe/resnet-1k-layers), an identity shortcut takes the raw input, while a unit
+    that changes the shape pre-activates its input once for both paths, and its projection (B)
+    is a bare 1x1 conv. The first unit of a net has no BN-ReLU of its own (``bn1`` is None): the
+    stem's is "the first activation right after conv1 and before splitting into two paths" (He
+    et al. 2016, appendix).
+    """
+
+    expansion = EXPANSION
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int = 1,
+        residual: bool = True,
+        shortcut: Shortcut = "A",
+    ) -> None:
+        super().__init__(in_planes, planes * EXPANSION, stride, residual, shortcut, False)
+        self.bn1: nn.BatchNorm2d | None = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn3 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * EXPANSION)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn1(x)) if self.bn1 is not None else x
+        into_shortcut = x if self.same_shape else pre
+        if self.lesioned:
+            return self.shortcut(into_shortcut) if self.residual else x
+
+        out = self.conv1(pre)  # (B, planes, H, W)
+        out = self.conv2(F.relu(self.bn2(out)))  # (B, planes, H/s, W/s)
+        out = self.conv3(F.relu(self.bn3(out)))  # (B, 4 planes, H/s, W/s)
+
+        if self.residual:
+            out = out + self.shortcut(into_shortcut)
+        return out
+
+
+# The CIFAR family's blocks, by the config's ``block``.
 BLOCK_TYPES: dict[str, type[_Block]] = {
     "basic": BasicBlock,
     "preact": PreActBlock,
     "highway": HighwayBlock,
+    "bottleneck": PreActBottleneck,
 }
+# Blocks that end on an addition: their net needs one more BN-ReLU before pooling.
+PREACT_BLOCKS: tuple[type[_Block], ...] = (PreActBlock, PreActBottleneck)
 
 
 # -------------------------------------------------------------------------------------------------
-# The network
+# Validation: every architecture choice at once
 
 
-def _check_args(depth: int, residual: bool, shortcut: str, block: str, num_classes: int) -> int:
-    """Validate every argument at once; return n. One ValueError lists all the problems."""
+def check_architecture(
+    depth: int,
+    residual: bool = True,
+    shortcut: str = "A",
+    block: str = "basic",
+    family: str = "cifar",
+    stem: str = "cifar",
+    num_classes: int = 10,
+) -> None:
+    """Refuse an invalid architecture before anything is built or written: one ValueError that
+    lists every problem, each with the valid choices. The config's keys, one argument each."""
+    problems = _architecture_problems(depth, residual, shortcut, block, family, stem, num_classes)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _architecture_problems(
+    depth: object,
+    residual: object,
+    shortcut: object,
+    block: object,
+    family: object,
+    stem: object,
+    num_classes: object,
+) -> list[str]:
     problems = []
-    n = 0
-    try:
-        n = check_depth(depth)
-    except ValueError as e:
-        problems.append(str(e))
     if not isinstance(residual, bool):
         problems.append(f"residual must be True or False, got {residual!r}")
     if shortcut not in SHORTCUTS:
@@ -282,61 +549,69 @@ def _check_args(depth: int, residual: bool, shortcut: str, block: str, num_class
         problems.append("block 'highway' always has its gated shortcut: use residual=True")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         problems.append(f"num_classes must be a positive integer, got {num_classes!r}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return n
+    if stem not in STEMS:
+        problems.append(f"stem must be one of {', '.join(STEMS)}, got {stem!r}")
+
+    if family == "cifar":
+        if stem == "imagenet":
+            problems.append(
+                "stem=imagenet (7x7/2 conv and max-pool) is for family=imagenet only; the CIFAR "
+                "nets start with a 3x3 conv (stem=cifar)"
+            )
+        try:
+            check_depth(depth, block if block in BLOCKS else "basic")
+        except ValueError as e:
+            problems.append(str(e))
+    elif family == "imagenet":
+        depths = ", ".join(map(str, IMAGENET_DEPTHS))
+        own = IMAGENET_LAYOUTS[depth][0] if depth in IMAGENET_LAYOUTS else None
+        if isinstance(depth, bool) or own is None:
+            problems.append(
+                f"family=imagenet has depths {depths} (He et al. 2015, Table 1), got {depth!r}"
+            )
+        elif block in BLOCKS and block not in ("basic", own):
+            problems.append(
+                f"family=imagenet depth={depth} is built of {own} blocks (He et al. 2015, Table "
+                f"1): leave block at basic (its default) or set block={own}, not {block}"
+            )
+    else:
+        problems.append(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+    return problems
 
 
-class CifarResNet(nn.Module):
-    """6n+2 layers for 32x32 images: stem, three stages of n blocks, pooling, classifier.
+# -------------------------------------------------------------------------------------------------
+# The networks
 
-    ``residual=False`` gives the paper's plain net: the same layers without the additions.
-    """
 
-    def __init__(
-        self,
-        depth: int,
-        residual: bool = True,
-        shortcut: Shortcut = "A",
-        block: BlockKind = "basic",
-        num_classes: int = 10,
-    ) -> None:
-        super().__init__()
-        self.n = _check_args(depth, residual, shortcut, block, num_classes)
-        self.depth = depth
-        self.residual = residual
-        self.shortcut = shortcut
-        self.block = block
-        block_type = BLOCK_TYPES[block]
+class _ResNet(nn.Module):
+    """What both families share: stages of blocks after a stem, a last BN-ReLU for
+    pre-activation blocks, global average pooling, the classifier, He initialization."""
 
-        self.conv1 = conv3x3(3, WIDTHS[0])
-        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
-        self.layer1 = self._make_layer(block_type, WIDTHS[0], WIDTHS[0], 1, residual, shortcut)
-        self.layer2 = self._make_layer(block_type, WIDTHS[0], WIDTHS[1], 2, residual, shortcut)
-        self.layer3 = self._make_layer(block_type, WIDTHS[1], WIDTHS[2], 2, residual, shortcut)
-        # Pre-activation blocks end on an addition, so the net needs one more BN-ReLU before
-        # pooling; the stem's BN-ReLU is their "first activation right after conv1 and before
-        # splitting into two paths" (He et al. 2016, appendix).
-        self.final_bn = nn.BatchNorm2d(WIDTHS[2]) if block == "preact" else None
-        self.fc = nn.Linear(WIDTHS[2], num_classes)
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    maxpool: nn.Module | None
+    final_bn: nn.BatchNorm2d | None
+    fc: nn.Linear
 
-        self._init_weights()
-
-    def _make_layer(
+    def _make_stages(
         self,
         block_type: type[_Block],
         in_planes: int,
-        planes: int,
-        stride: int,
+        widths: Sequence[int],
+        counts: Sequence[int],
         residual: bool,
         shortcut: str,
-    ) -> nn.Sequential:
-        """One stage of n blocks; the first one may downsample (stride 2) and widen."""
-        layers = []
-        for s in [stride] + [1] * (self.n - 1):
-            layers.append(block_type(in_planes, planes, s, residual, shortcut))
-            in_planes = planes
-        return nn.Sequential(*layers)
+    ) -> int:
+        """Stages layer1, layer2, ... of ``counts`` blocks; the first block of every stage but the
+        first one halves the map (stride 2). Returns the channels of the last stage."""
+        self.num_stages = len(widths)
+        for i, (planes, count) in enumerate(zip(widths, counts, strict=True)):
+            layers = []
+            for s in [1 if i == 0 else 2] + [1] * (count - 1):
+                layers.append(block_type(in_planes, planes, s, residual, shortcut))
+                in_planes = planes * block_type.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
+        return in_planes
 
     def _init_weights(self) -> None:
         # He et al. 2015 ("Delving Deep into Rectifiers", eq. 10): std = sqrt(2 / fan_in) keeps the
@@ -351,21 +626,114 @@ class CifarResNet(nn.Module):
         # The fc layer keeps PyTorch's default (uniform, std ~ 1/sqrt(3 fan_in)), as torchvision's
         # ResNets do; its logits feed a softmax, not a ReLU.
 
+    def stages(self) -> list[nn.Sequential]:
+        """layer1, layer2, ..., in the order the input passes through them."""
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages)]
+
     def blocks(self) -> list[_Block]:
-        """All 3n blocks, in the order the input passes through them."""
-        return [*self.layer1, *self.layer2, *self.layer3]
+        """All blocks, in the order the input passes through them."""
+        return [b for stage in self.stages() for b in stage]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))  # (B, 16, 32, 32)
+        out = F.relu(self.bn1(self.conv1(x)))  # (B, C0, H, W); ImageNet stem: (B, 64, H/2, W/2)
+        if self.maxpool is not None:
+            out = self.maxpool(out)  # ImageNet stem: (B, 64, H/4, W/4)
 
-        out = self.layer1(out)  # (B, 16, 32, 32)
-        out = self.layer2(out)  # (B, 32, 16, 16)
-        out = self.layer3(out)  # (B, 64, 8, 8)
+        for stage in self.stages():  # each but the first halves H and W
+            out = stage(out)
         if self.final_bn is not None:
             out = F.relu(self.final_bn(out))
 
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # (B, 64)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)  # (B, C)
         return self.fc(out)  # (B, num_classes)
+
+
+class CifarResNet(_ResNet):
+    """6n+2 layers for 32x32 images: stem, three stages of n blocks, pooling, classifier.
+
+    ``residual=False`` gives the paper's plain net: the same layers without the additions.
+    ``block="bottleneck"``: 9n+2 layers, the pre-activation bottleneck nets of He et al. 2016
+    (ResNet-164: n=18, ResNet-1001: n=111), stages of 64, 128 and 256 output channels (16, 32 and
+    64 inside each bottleneck).
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        residual: bool = True,
+        shortcut: Shortcut = "A",
+        block: BlockKind = "basic",
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        check_architecture(depth, residual, shortcut, block, "cifar", "cifar", num_classes)
+        self.n = check_depth(depth, block)
+        self.depth = depth
+        self.residual = residual
+        self.shortcut = shortcut
+        self.block = block
+        self.family = "cifar"
+        block_type = BLOCK_TYPES[block]
+
+        self.conv1 = conv3x3(3, WIDTHS[0])  # (B, 16, 32, 32)
+        self.bn1 = nn.BatchNorm2d(WIDTHS[0])
+        self.maxpool = None
+        # Stages on 32, 16 and 8 pixel maps.
+        out_planes = self._make_stages(
+            block_type, WIDTHS[0], WIDTHS, [self.n] * 3, residual, shortcut
+        )
+        if block == "bottleneck":  # the stem's BN-ReLU pre-activates it (He et al. 2016, appendix)
+            self.layer1[0].bn1 = None
+        # Pre-activation blocks end on an addition, so the net needs one more BN-ReLU before
+        # pooling; the stem's BN-ReLU is their "first activation right after conv1 and before
+        # splitting into two paths" (He et al. 2016, appendix).
+        self.final_bn = nn.BatchNorm2d(out_planes) if block_type in PREACT_BLOCKS else None
+        self.fc = nn.Linear(out_planes, num_classes)
+
+        self._init_weights()
+
+
+class ImageNetResNet(_ResNet):
+    """ResNet-18/34/50/101/152 of He et al. 2015, Table 1, and their plain twins (Table 2 and
+    Fig. 4 compare plain-18/34 with ResNet-18/34).
+
+    Four stages of 64, 128, 256 and 512 filters (bottlenecks expand them 4x). ``stem="cifar"``
+    (default) starts with a 3x3 conv and no max-pool, so a 32x32 image reaches the stages whole
+    (32, 16, 8, 4 pixel maps); ``stem="imagenet"`` is the paper's 7x7/2 conv and 3x3/2 max-pool
+    (56, 28, 14, 7 at 224x224). With the ImageNet stem, ``shortcut="B"`` and 1000 classes, the
+    parameters are exactly those of ``torchvision.models.resnet18`` ... ``resnet152``.
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        residual: bool = True,
+        shortcut: Shortcut = "A",
+        stem: Stem = "cifar",
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        check_architecture(depth, residual, shortcut, "basic", "imagenet", stem, num_classes)
+        self.depth = depth
+        self.residual = residual
+        self.shortcut = shortcut
+        self.block, counts = IMAGENET_LAYOUTS[depth]
+        self.family = "imagenet"
+        self.stem = stem
+        block_type = Bottleneck if self.block == "bottleneck" else BasicBlock
+
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            self.conv1 = conv3x3(3, 64)
+            self.maxpool = None
+        self.bn1 = nn.BatchNorm2d(64)
+        out_planes = self._make_stages(block_type, 64, IMAGENET_WIDTHS, counts, residual, shortcut)
+        self.final_bn = None
+        self.fc = nn.Linear(out_planes, num_classes)
+
+        self._init_weights()
 
 
 def build_model(
@@ -374,9 +742,46 @@ def build_model(
     shortcut: Shortcut = "A",
     block: BlockKind = "basic",
     num_classes: int = 10,
-) -> CifarResNet:
-    """A CIFAR net of ``depth`` = 6n+2 layers; ValueError lists every invalid argument."""
+    *,
+    family: Family = "cifar",
+    stem: Stem = "cifar",
+) -> CifarResNet | ImageNetResNet:
+    """The network the config's keys describe; ValueError lists every invalid argument.
+
+    ``family="cifar"``: 6n+2 layers (9n+2 with ``block="bottleneck"``); ``family="imagenet"``:
+    ResNet-18, 34, 50, 101 or 152, its block fixed by the depth.
+    """
+    check_architecture(depth, residual, shortcut, block, family, stem, num_classes)
+    if family == "imagenet":
+        return ImageNetResNet(depth, residual, shortcut, stem, num_classes)
     return CifarResNet(depth, residual, shortcut, block, num_classes)
+
+
+# -------------------------------------------------------------------------------------------------
+# torchvision's state dicts: the same names, but for the projection, torchvision's "downsample"
+
+# (ours, torchvision's) name parts of the option-B projection.
+_TORCHVISION_NAMES = ((".shortcut.conv.", ".downsample.0."), (".shortcut.bn.", ".downsample.1."))
+
+
+def from_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A ``torchvision.models.resnet*`` state dict, renamed for ``ImageNetResNet`` (stem=imagenet,
+    shortcut=B): ``model.load_state_dict(from_torchvision(tv.state_dict()))``."""
+    return {
+        _rename(k, [(tv, ours) for ours, tv in _TORCHVISION_NAMES]): v
+        for k, v in state_dict.items()
+    }
+
+
+def to_torchvision(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ``ImageNetResNet`` state dict, renamed for the torchvision ResNet of its depth."""
+    return {_rename(k, _TORCHVISION_NAMES): v for k, v in state_dict.items()}
+
+
+def _rename(key: str, pairs: Iterable[tuple[str, str]]) -> str:
+    for old, new in pairs:
+        key = key.replace(old, new)
+    return key
 
 
 # -------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from resexp.tracking import format_seconds, read_json, read_metrics, write_json
 
@@ -36,6 +37,8 @@ class PlannedRun:
     iterations: int
     data: dict
     done_before: bool = False  # completed before this sweep started: skipped
+    cfg: Any = field(default=None, repr=False)  # the run's composed config
+    seconds_per_iteration: float | None = None  # measured on this machine by estimate()
 
 
 @dataclass
@@ -45,6 +48,8 @@ class Plan:
     sweep_overrides: list[str]
     study_dir: Path
     launcher: str = "basic"
+    n_jobs: int = 1  # runs at once (joblib's n_jobs; 1 for the basic launcher)
+    estimate_seconds: float | None = None  # the sweep's wall time, as estimate() measured it
     outcomes: dict[Path, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)  # refusals before this are not this sweep's
 
@@ -117,26 +122,136 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
                 iterations=int(cfg.schedule.iterations),
                 data=OmegaConf.to_container(cfg.data, resolve=True),
                 done_before=bool(summary and summary.get("status") == "completed"),
+                cfg=cfg,
             )
         )
     study_dir = Path(compose(base).output_root) / str(compose(base).name)
     sweep_overrides = [f"{k}={','.join(v)}" for k, v in sweeps.items()]
-    return Plan(runs, base, sweep_overrides, study_dir, launcher)
+    n_jobs = int(hydra_cfg.hydra.launcher.get("n_jobs") or 1) if launcher != "basic" else 1
+    if n_jobs < 1:  # joblib's -1: one per core
+        import os
+
+        n_jobs = os.cpu_count() or 1
+    return Plan(runs, base, sweep_overrides, study_dir, launcher, max(n_jobs, 1))
 
 
-def prepare_data_once(plan: Plan) -> None:
-    """Download/decode/cache each distinct data set of the sweep before any run starts."""
+# ----------------------------------------------------------------------------------------------
+# How long it will take, measured on this machine before anything starts
+
+
+def time_steps(cfg: Any, steps: int = 3) -> float:
+    """Seconds per training step of ``cfg``'s network, measured here: a few SGD steps on random
+    images with the run's own device, precision, memory format and threads (no compile, so
+    a compiled run will be somewhat faster)."""
+    import torch
+
+    from resexp.config import num_classes
+    from resexp.models import build_model
+    from resexp.train import (
+        autocast_dtype,
+        make_optimizer,
+        memory_format_for,
+        select_device,
+        train_step,
+    )
+
+    device = select_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    memory_format = memory_format_for(cfg.channels_last, device)
+    threads = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        classes = num_classes(cfg) or 10
+        model = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, classes,
+                            family=cfg.family, stem=cfg.stem)  # fmt: skip
+        model = model.to(device=device, memory_format=memory_format).train()
+        optimizer = make_optimizer(model, cfg.schedule, fused=device.type == "cuda")
+        n = cfg.schedule.batch_size
+        x = torch.randn(n, 3, 32, 32, device=device).to(memory_format=memory_format)
+        y = torch.randint(0, 10, (n,), device=device)
+        train_step(model, optimizer, x, y, amp)  # warm-up: allocations, cuDNN's choice
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss, _ = train_step(model, optimizer, x, y, amp)
+        loss.item()  # waits for the device
+        return (time.perf_counter() - start) / steps
+    finally:
+        torch.set_num_threads(threads)
+
+
+def estimate(plan: Plan, test_images: dict[str, int]) -> float | None:
+    """Measure each distinct network left to run (``time_steps``) and return the sweep's
+    estimated wall time in seconds (None when the runs execute elsewhere, on SLURM nodes).
+
+    A run's time: iterations x (step time + its share of the test evaluations, each about a
+    third of a step per image batch, as a forward pass is). Runs at once share the machine:
+    the total is divided by the launcher's parallel jobs.
+    """
+    if plan.launcher.lower().startswith("submitit") and "local" not in plan.launcher.lower():
+        return None
+    measured: dict[tuple, float] = {}
+    total = 0.0
+    for run in plan.runs:
+        if run.done_before:
+            continue
+        c = run.cfg
+        key = (c.depth, c.block, c.family, c.stem, c.shortcut, c.schedule.batch_size, c.device,
+               c.precision, str(c.channels_last), c.threads)  # fmt: skip
+        if key not in measured:
+            measured[key] = time_steps(c)
+        step = measured[key]
+        images = test_images.get(json.dumps(run.data, sort_keys=True), 10_000)
+        evaluation = step / 3 * images / c.schedule.batch_size
+        run.seconds_per_iteration = step + evaluation / c.schedule.eval_every
+        total += run.seconds_per_iteration * run.iterations
+    plan.estimate_seconds = total / plan.n_jobs
+    return plan.estimate_seconds
+
+
+LONG_CPU_SWEEP = 3 * 3600  # seconds: past this on a CPU, the plan points to experiment=laptop
+
+
+def plan_table(plan: Plan):
+    """The runs of the plan with their measured time per run, as a rich Table."""
+    from rich.table import Table
+
+    table = Table(title=f"plan: {plan.study_dir} ({plan.n_jobs} at a time, {plan.launcher})")
+    for column in ("run", "iterations", "s / iteration", "estimated time"):
+        table.add_column(column, justify="left" if column == "run" else "right")
+    for run in plan.runs:
+        spi = run.seconds_per_iteration
+        table.add_row(
+            f"{run.run_dir.parent.name}/{run.run_dir.name}",
+            f"{run.iterations:,}",
+            f"{spi:.3f}" if spi else "",
+            "completed before"
+            if run.done_before
+            else format_seconds(spi * run.iterations)
+            if spi
+            else "?",
+        )
+    return table
+
+
+def prepare_data_once(plan: Plan) -> dict[str, int]:
+    """Download/decode/cache each distinct data set of the sweep before any run starts; return
+    the number of test images of each (keyed by its data config as JSON)."""
     from omegaconf import OmegaConf
 
     from resexp.data import prepare_data
 
-    seen = []
+    sizes = {}
     for run in plan.runs:
-        if run.done_before or run.data in seen:
+        key = json.dumps(run.data, sort_keys=True)
+        if run.done_before or key in sizes:
             continue
-        seen.append(run.data)
         data = prepare_data(OmegaConf.create(run.data))
+        sizes[key] = len(data.test_y)
         log.info("sweep: data ready: %s", data.description)
+    return sizes
 
 
 # ----------------------------------------------------------------------------------------------
@@ -154,13 +269,16 @@ class Monitor(threading.Thread):
         super().__init__(daemon=True)
         self.plan, self.interval = plan, interval
         self.todo = [r for r in plan.runs if not r.done_before]
-        self.total_iterations = sum(r.iterations for r in self.todo)
+        # Work in measured seconds where estimate() ran, else in iterations.
+        self.total_iterations = sum(r.iterations * (r.seconds_per_iteration or 1.0)
+                                    for r in self.todo)  # fmt: skip
         self.start_time = time.perf_counter()
         self._stop_event = threading.Event()
         self._last, self._last_time = "", 0.0
 
-    def snapshot(self) -> tuple[int, int, list[str], int]:
-        """(finished runs, total runs to do, runs in flight, iterations done so far)."""
+    def snapshot(self) -> tuple[int, int, list[str], float]:
+        """(finished runs, total runs to do, runs in flight, work done so far: iterations,
+        weighted by their measured seconds where the plan has them)."""
         finished, in_flight, iterations = 0, [], 0
         for run in self.todo:
             summary = read_json(run.run_dir / "summary.json")
@@ -170,14 +288,15 @@ class Monitor(threading.Thread):
                 else []
             )
             it = rows[-1]["iteration"] if rows else 0
+            weight = run.seconds_per_iteration or 1.0  # deeper nets: more seconds per iteration
             if summary and summary.get("status") in ("completed", "diverged", "failed"):
                 finished += 1
-                iterations += run.iterations
+                iterations += run.iterations * weight
             elif rows or (run.run_dir / "train.log").exists():
                 in_flight.append(
                     f"{run.run_dir.parent.name}/{run.run_dir.name} ({it}/{run.iterations})"
                 )
-                iterations += it
+                iterations += it * weight
         return finished, len(self.todo), in_flight, iterations
 
     def line(self) -> str:
@@ -186,6 +305,8 @@ class Monitor(threading.Thread):
         eta = "?"
         if iterations > 0 and self.total_iterations:
             eta = format_seconds(elapsed / iterations * (self.total_iterations - iterations))
+        elif self.plan.estimate_seconds:  # nothing logged yet: the measured plan's estimate
+            eta = format_seconds(self.plan.estimate_seconds - elapsed)
         running = ", ".join(in_flight) if in_flight else "-"
         return f"sweep: {finished}/{total} runs done, running: {running}, time left ~{eta}"
 

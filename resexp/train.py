@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from resexp.config import num_classes
 from resexp.data import ImageData, TrainBatches, eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
-from resexp.models import build_model, count_parameters
+from resexp.models import build_model, check_architecture, count_parameters
 from resexp.tracking import (
     Progress,
     Tracker,
@@ -340,18 +341,30 @@ def _read_saved_config(run_dir: Path) -> dict | None:
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configs, ignoring harmless keys."""
+    """Dotted keys whose values differ between two configs, ignoring harmless keys.
+
+    A key the old config lacks (saved by an older resexp) counts as its schema default, so a
+    run made before a key existed resumes as long as the new config keeps that default.
+    """
     differing = []
     for key in sorted(set(old) | set(new)):
         dotted = f"{prefix}{key}"
         if not prefix and key in HARMLESS_KEYS:
             continue
-        a, b = old.get(key), new.get(key)
+        a, b = old.get(key, _schema_default(dotted)), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             differing += config_differences(a, b, prefix=f"{dotted}.")
         elif a != b:
             differing.append(dotted)
     return differing
+
+
+def _schema_default(dotted: str) -> Any:
+    """The schema's default for a dotted key (None if it has none)."""
+    from resexp.config import Config
+
+    node = OmegaConf.structured(Config)
+    return OmegaConf.select(node, dotted, default=None, throw_on_missing=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -511,10 +524,10 @@ def fit(cfg: DictConfig) -> dict:
         torch.backends.cudnn.benchmark = True
     memory_format = memory_format_for(cfg.channels_last, device)
 
-    # Build the model first: a bad depth is refused before anything is written.
-    seed_everything(cfg.seed)
+    # A bad architecture is refused before anything is written.
     try:
-        model = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block)
+        check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family,
+                           cfg.stem, num_classes(cfg) or 10)  # fmt: skip
     except ValueError as e:
         raise ConfigError(str(e)) from None
 
@@ -526,6 +539,9 @@ def fit(cfg: DictConfig) -> dict:
             log.info("%s is already completed (summary.json); nothing to do", run_dir)
             return previous
         data = load_data(cfg.data)
+        seed_everything(cfg.seed)  # the initial weights depend on the seed alone
+        model = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, len(data.classes),
+                            family=cfg.family, stem=cfg.stem)  # fmt: skip
         # Accepted: from here on the run writes into its own folder, and only there.
         run_dir.mkdir(parents=True, exist_ok=True)
         with log_to_file(run_dir / "train.log"):
@@ -598,6 +614,18 @@ def _train(
         wall_before, warming_up = state["wall_seconds"], state["warming_up"]
         eval_pending, lr = state["eval_pending"], state["lr"]
         log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, iteration)
+    # How each stretch of the run executed: a resumed run may change device, precision or
+    # compile; summary.json lists every segment, not only the last.
+    segments = [*(state or {}).get("segments", []), {
+        "from_iteration": iteration,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
+        "channels_last": memory_format == torch.channels_last,
+        "compiled": compiled,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }]  # fmt: skip
 
     label = f"{run_dir.parent.name}/{run_dir.name}"
     log.info(
@@ -634,6 +662,7 @@ def _train(
                     "lr": lr,
                     "wall_seconds": wall_before + time.perf_counter() - t0,
                     "config": OmegaConf.to_container(cfg, resolve=True),
+                    "segments": segments,
                 },
             )
         except OSError as e:
@@ -743,6 +772,7 @@ def _train(
                 diverged_at,
                 wall_before + time.perf_counter() - t0,
                 iteration,
+                segments,
             )
     return read_json(run_dir / "summary.json")
 
@@ -760,6 +790,7 @@ def _write_summary(
     diverged_at: int | None,
     wall: float,
     iteration: int,
+    segments: list[dict],
 ) -> None:
     evaluations = [r for r in rows if "test_error" in r]
     last = evaluations[-1] if evaluations else {}
@@ -794,6 +825,7 @@ def _write_summary(
         "torch_version": torch.__version__,
         "data": data.description,
         "data_identity": data.identity,
+        "segments": segments,
     }
     write_json(run_dir / "summary.json", summary)
     label = f"{run_dir.parent.name}/{run_dir.name}"

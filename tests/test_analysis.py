@@ -267,7 +267,7 @@ def test_scalar_net_gradients_match_finite_differences():
         with torch.no_grad():
             fd = (net(x + h) - net(x - h)).flatten() / (2 * h)
         assert torch.allclose(g, fd, atol=1e-5)
-        assert len(net.hidden) == (3 if residual else 2)
+        assert len(net.hidden) == 2  # the twins match: depth 3 = the input layer + 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,3 +449,13 @@ def test_unfinished_runs_are_left_out_unless_asked_and_then_named(study, tmp_pat
             assert check["iterations"]["plain-8/seed0"] == 4
     finally:
         summary_path.write_text(saved)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_scalar_twins_match_layer_for_layer(depth):
+    plain, residual = ScalarNet(depth, 16, False), ScalarNet(depth, 16, True)
+    shapes = [p.shape for p in plain.parameters()]
+    assert shapes == [p.shape for p in residual.parameters()]  # same layers, same parameters
+    linears = [m for m in plain.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == depth + 1  # depth hidden layers, then the output
+    assert len(plain.norms) == len(residual.norms) == depth

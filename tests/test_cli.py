@@ -36,7 +36,7 @@ def test_train_synthetic_smoke_run(tmp_path, residual, arch):
         ("dept=20", "unknown key 'dept': did you mean depth?"),
         ("depth=abc", "could not be converted to Integer"),
         ("data=folder", "data.root=PATH"),
-        ("shortcut=C", "shortcut=C is not one of"),
+        ("shortcut=C", "shortcut must be one of A, B"),
         ("channels_last=yes", "channels_last must be auto, true or false"),
         ("compile=maybe", "compile must be auto, true or false"),
         ("precision=fp16", "precision must be auto, fp32 or bf16"),

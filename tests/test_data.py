@@ -156,6 +156,93 @@ def test_download_is_used_when_it_works(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------
+# cifar100: torchvision's python pickles (train, test, meta), 100 fine classes
+
+
+def write_cifar100(root: Path, n_train: int = 300, n_test: int = 100) -> dict[str, np.ndarray]:
+    """Small pickles in torchvision's CIFAR-100 layout; returns the images and labels written."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    written = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        fine = [i % 100 for i in range(n)]
+        coarse = [i % 20 for i in range(n)]
+        with open(folder / split, "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": fine, b"coarse_labels": coarse}, f)
+        written[f"{split}_x"], written[f"{split}_y"] = data.reshape(-1, 3, 32, 32), np.array(fine)
+    with open(folder / "meta", "wb") as f:
+        names = {b"fine_label_names": [f"fine{i}".encode() for i in range(100)]}
+        pickle.dump({**names, b"coarse_label_names": [b"coarse"] * 20}, f)
+    return written
+
+
+def test_cifar100_reads_the_fine_labels_and_then_the_cache(tmp_path):
+    expected = write_cifar100(tmp_path / "cifar100")
+    cfg = data_cfg(tmp_path, source="cifar100", root=str(tmp_path / "cifar100"), download=False)
+    data = load_data(cfg)
+    assert data.train_x.shape == (300, 3, 32, 32) and data.train_x.dtype == torch.uint8
+    assert torch.equal(data.train_x, torch.from_numpy(expected["train_x"]))
+    assert data.train_y.tolist() == expected["train_y"].tolist()
+    assert torch.equal(data.test_x, torch.from_numpy(expected["test_x"]))
+    assert data.test_y.tolist() == expected["test_y"].tolist()
+    assert data.classes == [f"fine{i}" for i in range(100)]
+    assert data.description.endswith("300 train / 100 test, 100 classes")
+    assert data.identity["source"] == "cifar100" and len(data.identity["test_per_class"]) == 100
+    assert len(cache_files(tmp_path, "cifar100")) == 1 and not cache_files(tmp_path, "cifar10")
+
+    shutil.rmtree(tmp_path / "cifar100" / "cifar-100-python")  # the second load reads the cache
+    assert torch.equal(load_data(cfg).train_x, data.train_x)
+
+
+def test_cifar100_same_pipeline_subsets_and_validation(tmp_path):
+    write_cifar100(tmp_path / "cifar100")
+    root = str(tmp_path / "cifar100")
+    cfg = data_cfg(
+        tmp_path, source="cifar100", root=root, download=False, validation=True, validation_size=50
+    )
+    data = load_data(cfg)
+    assert (len(data.train_x), len(data.test_x)) == (250, 50)
+    sub = load_data(data_cfg(tmp_path, source="cifar100", root=root, download=False, test_size=7))
+    assert len(sub.test_x) == 7
+
+
+def test_cifar100_absent_or_offline_is_a_clear_error(tmp_path, monkeypatch):
+    cfg = data_cfg(tmp_path, source="cifar100", root=str(tmp_path / "none"), download=False)
+    with pytest.raises(DataError, match=r"cifar-100-python.*data\.download is false"):
+        load_data(cfg)
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("<urlopen error [Errno -3] Temporary failure>\nlong traceback text")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", offline)
+    cfg = data_cfg(tmp_path, source="cifar100", root=str(tmp_path / "dl"), download=True)
+    with pytest.raises(DataError) as error:
+        load_data(cfg)
+    message = str(error.value)
+    assert "could not download CIFAR-100" in message and "long traceback text" not in message
+
+
+def test_cifar100_download_is_used_when_it_works(tmp_path, monkeypatch):
+    def fake_download(root, train, download):
+        assert download
+        write_cifar100(Path(root))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", fake_download)
+    cfg = data_cfg(tmp_path, source="cifar100", root=str(tmp_path / "dl"), download=True)
+    assert len(load_data(cfg).classes) == 100
+
+
+def test_cifar100_config_composes():
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(DataConfig),
+        OmegaConf.load(Path(__file__).parents[1] / "configs" / "data" / "cifar100.yaml"),
+    )
+    assert cfg.source == "cifar100" and cfg.download
+
+
+# ----------------------------------------------------------------------------------------------
 # folder: ROOT/{train,test}/<class>/*.png|jpg, or an archive of one
 
 

@@ -238,7 +238,7 @@ def test_diverging_run_stops_with_status_diverged(compose_cfg):
 def test_short_run_on_the_real_cifar10_jpeg_copy_learns(
     compose_cfg, cifar10_jpeg, cifar10_jpeg_cache
 ):
-    # CIFAR-10 itself (re-encoded as JPEG, RESEXP_TEST_CIFAR10_JPEG): a few hundred CPU steps of ResNet-8
+    # CIFAR-10 itself (JPEG, RESEXP_TEST_CIFAR10_JPEG): a few hundred CPU steps of ResNet-8
     # on a 5k-image subset must end clearly better than chance (90% error) on 2k test images.
     cfg = compose_cfg(
         "depth=8",
@@ -320,3 +320,24 @@ def test_test_error_comes_from_fp32_logits_whatever_the_training_precision():
     for amp in (None, torch.bfloat16):
         error, loss = train.evaluate(_FixedLogits(), x, y, mean, std, 4, amp)
         assert error == 0.0 and loss == pytest.approx(0.6922, abs=1e-3)
+
+
+def test_each_segment_of_a_resumed_run_is_recorded(compose_cfg, monkeypatch):
+    from resexp.train import StopRequested
+
+    original, calls = train.TrainBatches.next, {"n": 0}
+
+    def next_or_stop(self):
+        calls["n"] += 1
+        if calls["n"] == 31:
+            raise StopRequested("SIGTERM")
+        return original(self)
+
+    monkeypatch.setattr(train.TrainBatches, "next", next_or_stop)
+    with pytest.raises(StopRequested):
+        fit(compose_cfg(*TINY))
+    summary = fit(compose_cfg(*TINY, "threads=1", "channels_last=false"))  # a harmless change
+    first, second = summary["segments"]
+    assert (first["from_iteration"], second["from_iteration"]) == (0, 30)
+    assert first["channels_last"] is True and second["channels_last"] is False
+    assert second["threads"] == 1 and summary["status"] == "completed"

@@ -64,13 +64,33 @@ class Run:
         return self.config.get("shortcut", "A")
 
     @property
+    def family(self) -> str:
+        return self.config.get("family", "cifar")  # runs made before the key existed: cifar
+
+    @property
+    def stem(self) -> str:
+        return self.config.get("stem", "cifar")
+
+    @property
+    def num_classes(self) -> int:
+        """From the run's summary (the data it read), else its data config, else 10."""
+        identity = self.summary.get("data_identity") or {}
+        if identity.get("classes"):
+            return len(identity["classes"])
+        from omegaconf import OmegaConf
+
+        from resexp.config import num_classes
+
+        return num_classes(OmegaConf.create(self.config)) or 10
+
+    @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 
     @property
     def arch(self) -> str:
         """plain-56, resnet-56, preact-56, ... (the run's folder name)."""
-        return arch_name(self.residual, self.block, self.depth)
+        return arch_name(self.residual, self.block, self.depth, self.family, self.stem)
 
     @property
     def summary(self) -> dict:
@@ -113,7 +133,8 @@ class Run:
     def build(self) -> CifarResNet:
         """The network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
         torch.manual_seed(self.seed)
-        return build_model(self.depth, self.residual, self.shortcut, self.block)
+        return build_model(self.depth, self.residual, self.shortcut, self.block,
+                           self.num_classes, family=self.family, stem=self.stem)  # fmt: skip
 
     def checkpoints(self) -> list[tuple[int, dict]]:
         """(iteration, model state dict) of each readable saved checkpoint, oldest first."""

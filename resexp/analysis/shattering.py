@@ -3,7 +3,8 @@ Problem: If resnets are the answer, then what is the question?" (arXiv 1702.0859
 
 Networks that map a scalar to a scalar, at initialization: ``depth`` hidden layers of 200 ReLU
 units with BN, He-initialized, either plain (h <- relu(BN(W h))) or residual with pre-activation
-blocks (h <- h + W relu(BN(h))), so both have ``depth`` weight layers between input and output.
+blocks (h <- h + W relu(BN(h))) after the input layer. The twins match layer for layer: ``depth``
+weight layers and ``depth`` BN + ReLU pairs between input and output, the same parameters.
 The gradient dy/dx is taken at 256 inputs evenly spaced in [-2, 2] (Balduzzi et al.'s setting).
 BN uses the statistics of those 256 inputs, frozen after one pass (eval mode), so that each
 point's gradient is that of one fixed function, without the batch's cross terms.
@@ -56,7 +57,14 @@ OPTIONS: dict[str, tuple[object, str]] = {
 
 
 class ScalarNet(nn.Module):
-    """1 -> ``width`` ReLU units x ``depth`` layers -> 1, plain or residual, with BN."""
+    """1 -> ``width`` ReLU units x ``depth`` layers -> 1, plain or residual, with BN.
+
+    The twins match layer for layer: the same ``depth`` linear layers of ``width`` units before
+    the output (the input layer counted), the same ``depth`` BN + ReLU pairs, the same number of
+    parameters. Plain: ``h <- relu(bn(linear(h)))`` ``depth`` times. Residual (Balduzzi et al.
+    2017's pre-activation form): the input layer, then ``depth - 1`` blocks
+    ``h <- h + linear(relu(bn(h)))``, then ``relu(bn(h))`` into the output.
+    """
 
     def __init__(self, depth: int, width: int = 200, residual: bool = False) -> None:
         super().__init__()
@@ -64,12 +72,9 @@ class ScalarNet(nn.Module):
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.residual = residual
         self.input = nn.Linear(1, width)
-        # plain: the input layer is the first of the depth layers; residual: depth branches
-        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - (not residual)))
+        self.hidden = nn.ModuleList(nn.Linear(width, width) for _ in range(depth - 1))
         # momentum=None: the running statistics are the plain average of the batches seen
-        self.norms = nn.ModuleList(
-            nn.BatchNorm1d(width, momentum=None) for _ in range(depth + residual)
-        )
+        self.norms = nn.ModuleList(nn.BatchNorm1d(width, momentum=None) for _ in range(depth))
         self.output = nn.Linear(width, 1)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -79,9 +84,7 @@ class ScalarNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.input(x)  # (N, width)
         if self.residual:
-            for linear, bn in zip(
-                self.hidden, self.norms, strict=False
-            ):  # the last BN is the output's
+            for linear, bn in zip(self.hidden, self.norms[:-1], strict=True):
                 h = h + linear(torch.relu(bn(h)))
             return self.output(torch.relu(self.norms[-1](h)))  # (N, 1)
         h = torch.relu(self.norms[0](h))

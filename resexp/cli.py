@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from resexp import config as config_module
+from resexp.config import BLOCKS
 from resexp.errors import ResexpError
 
 log = logging.getLogger("resexp")
@@ -50,15 +51,17 @@ TRAIN_HELP = """Train one plain or residual network (He et al. 2015, sec. 4.2) w
 
 \b
 Main keys (all typed; `--cfg job` lists every one):
-  depth=20|32|44|56|110|1202   any 6n+2
+  depth=20|32|44|56|110|1202   any 6n+2 (9n+2 for block=bottleneck: 164, 1001)
   residual=true|false          identity shortcuts, or the plain twin
   shortcut=A|B                 A: zero-padding (paper's CIFAR choice), B: projection
-  block=basic|preact|highway   the block variant
+  block={blocks}   the block variant
+  family=cifar|imagenet        imagenet: ResNet-18/34/50/101/152 (depth=); stem=cifar|imagenet
   data={data}
   schedule={schedule}
   schedule.iterations=N        shorter run; the lr drops move with it
+  schedule.log_every=N         training error logged every N iterations
   seed=K  name=NAME  device=auto|cpu|cuda|mps  precision=auto|fp32|bf16
-  restart=true                 start over (the old run directory is kept, renamed)
+  restart=true                 start over (the old run directory is moved aside whole)
 
 Outputs go to outputs/NAME/<plain|resnet>-DEPTH/seedK/ (resumed if it exists).
 """
@@ -101,13 +104,14 @@ def check_config(overrides: list[str]) -> Any:
     from omegaconf import OmegaConf
 
     from resexp.errors import ConfigError
-    from resexp.models import check_depth
+    from resexp.models import check_architecture
 
     cfg = _checked(lambda: compose(overrides))
     _checked(lambda: OmegaConf.resolve(cfg))
     config_module.validate(cfg)
-    try:
-        check_depth(cfg.depth)
+    try:  # a folder's class count is known once read; any count builds
+        check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family,
+                           cfg.stem, config_module.num_classes(cfg) or 10)  # fmt: skip
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.data.source == "folder" and OmegaConf.is_missing(cfg.data, "root"):
@@ -119,13 +123,6 @@ def check_config(overrides: list[str]) -> Any:
             f"data.root={cfg.data.root} does not exist; give an image-folder tree "
             "PATH/train/<class>/* + PATH/test/<class>/*, or a .tar(.gz|.xz) archive of one"
         )
-    for key, allowed in (
-        ("shortcut", ("A", "B")),
-        ("block", ("basic", "preact", "highway")),
-        ("progress", ("auto", "bar", "lines", "none")),
-    ):
-        if str(cfg[key]) not in allowed:
-            raise ConfigError(f"{key}={cfg[key]} is not one of: {', '.join(allowed)}")
     from resexp.train import autocast_dtype, compile_for, memory_format_for, select_device
 
     device = select_device(cfg.device)  # device=cuda without a GPU: refused before any write
@@ -321,7 +318,9 @@ def _fail(e: ResexpError, verbose: bool) -> None:
     context_settings=EXTRA_ARGS,
     short_help="Train one plain or residual network (any Hydra override).",
     help=TRAIN_HELP.format(
-        data="|".join(group_choices("data")), schedule="|".join(group_choices("schedule"))
+        data="|".join(group_choices("data")),
+        schedule="|".join(group_choices("schedule")),
+        blocks="|".join(BLOCKS),
     ),
 )
 def train(
@@ -390,6 +389,7 @@ def sweep(
     from rich.console import Console
 
     from resexp import sweep as sweeps
+    from resexp.train import select_device
 
     if verbose:
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -411,10 +411,35 @@ def sweep(
             len(skipped),
             plan.launcher,
         )
-        sweeps.prepare_data_once(plan)
+        test_images = sweeps.prepare_data_once(plan)
+        if any(not r.done_before for r in plan.runs):
+            log.info("sweep: timing a few steps of each network on this machine ...")
+            estimate = sweeps.estimate(plan, test_images)
+            console = Console()
+            console.width = max(console.width, 100)
+            console.print(sweeps.plan_table(plan))
+            if estimate is None:
+                log.info("sweep: the runs execute on other machines: no local estimate")
+            else:
+                from resexp.tracking import format_seconds
+
+                log.info("sweep: estimated wall time on this machine: %s", format_seconds(estimate))
+                device = plan.runs[0].cfg.device if plan.runs else "auto"
+                on_cpu = select_device(str(device)).type == "cpu"
+                if on_cpu and estimate > sweeps.LONG_CPU_SWEEP:
+                    log.warning(
+                        "sweep: that is long for a CPU. `resexp sweep experiment=laptop` is the "
+                        "same study sized for a 2-core CPU (about 2 hours, 1,500 iterations); "
+                        "Ctrl-C stops this one (resumable)."
+                    )
     except ResexpError as e:
         _fail(e, verbose)
 
+    from resexp.compare import write_study_layout
+
+    planned = sorted({(r.run_dir.parent.name, int(r.cfg.depth), bool(r.cfg.residual))
+                      for r in plan.runs}, key=lambda a: (a[2], a[1]))  # fmt: skip
+    write_study_layout(plan.study_dir, planned)  # TensorBoard's shared charts, from the start
     monitor = sweeps.Monitor(plan, interval=interval)
     monitor.start()
     try:
@@ -519,6 +544,55 @@ def analyze_command(
         _fail(e, verbose)
     for path in paths:
         typer.echo(f"wrote {path}")
+
+
+EVALUATE_HELP = """Test error, loss, per-class error and the confusion matrix of trained weights.
+
+\b
+  resexp evaluate outputs/degradation/resnet-20/seed0        a run, on its own data
+  resexp evaluate outputs/degradation                        every run of a study
+  resexp evaluate outputs/degradation depth=56               the study's depth-56 runs
+  resexp evaluate resnet20-12fca82f.th                       akamaster/pytorch_resnet_cifar10
+  resexp evaluate resnet56.th data=folder data.root=cifar10-jpeg.tar.xz device=cpu
+
+PATH is a run folder, a study folder, or a checkpoint file: resexp's checkpoint.pt, or one of
+akamaster/pytorch_resnet_cifar10's (their ResNet-20 ... 1202, option A, normalised as they
+trained them; the output says so). Overrides are `resexp train`'s: data=..., data.root=...,
+device=..., schedule.eval_batch_size=N. A run is evaluated on its own data unless data= names
+another source. depth=, residual=, shortcut=, block= state what the weights must be: weights
+that are something else are refused (exit 2); for a study they choose runs.
+
+Writes evaluation.json and confusion.png to RUN/evaluation/, STUDY/evaluation/ (a summary) or
+FILE-evaluation/ beside a file, or to --out.
+"""
+
+
+@app.command(
+    "evaluate",
+    context_settings=EXTRA_ARGS,
+    short_help="Test error, per-class error and confusion matrix of a run, study or checkpoint.",
+    help=EVALUATE_HELP,
+)
+def evaluate_command(
+    ctx: typer.Context,
+    path: Annotated[
+        Path, typer.Argument(help="A run folder, a study folder, or a checkpoint file.")
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for evaluation.json and confusion.png.")
+    ] = None,
+    verbose: Verbose = False,
+) -> None:
+    from resexp.evaluate import evaluate_path, print_report
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = list(ctx.args)
+    try:
+        _split_flags(overrides)  # `--depth 56` gets the key=value hint
+        results = evaluate_path(path, check_config(overrides), overrides, out=out)
+    except ResexpError as e:
+        _fail(e, verbose)
+    print_report(results)
 
 
 @app.command("bench")

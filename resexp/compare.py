@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from resexp.errors import ResexpError
-from resexp.tracking import atomic_write, read_json, read_metrics
+from resexp.tracking import atomic_write, read_json, read_metrics, session_end
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -1145,13 +1145,19 @@ def _round(x: float | None) -> float | str:
 # TensorBoard: Figure 6 as custom-scalar charts, and hparams, in each run's own folder
 
 
-def tensorboard_layout(networks: list[Network]) -> dict:
+def tensorboard_layout(networks: list[Network] | list[tuple[str, int, bool]]) -> dict:
     """A custom-scalars layout (torch's dict form): the two panels, then one chart per depth.
 
-    The layout's charts select tags, not runs, so each run also carries a copy of its curves
-    under ``figure6/<arch>/error_{train,test}``: a chart then shows exactly the runs of its
-    networks, whatever the run selector shows.
+    ``networks``: the study's Networks, or (arch, depth, residual) of each planned network. The
+    layout's charts select tags, not runs, so each run carries a copy of its curves under
+    ``figure6/<arch>/error_{train,test}`` (written live by the run, and by compare for runs
+    that predate that): a chart then shows exactly the runs of its networks.
     """
+    if networks and isinstance(networks[0], tuple):
+        networks = [
+            Network(arch, family_of(arch, depth), depth, residual, "", [], [])
+            for arch, depth, residual in networks
+        ]
 
     def tags(archs: list[str]) -> list[str]:
         names = "|".join(re.escape(a).replace("\\-", "-") for a in archs)  # keep plain-56 readable
@@ -1179,6 +1185,26 @@ def tensorboard_layout(networks: list[Network]) -> dict:
             "loss/train and loss/test": ["Multiline", [r"^loss/(train|test)$"]],
         },
     }
+
+
+LAYOUT_EVENTS = "events.out.tfevents.0000000000.resexp-layout"  # in the study folder
+
+
+def write_study_layout(study: Path, networks: list[tuple[str, int, bool]]) -> Path:
+    """Write the custom-scalars layout into the study folder itself, so that TensorBoard shows
+    the plain-versus-residual charts from a sweep's first minute (before any compare)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    buffer = io.BytesIO()
+    writer = RecordWriter(buffer)
+    now = time.time()
+    writer.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+    layout = custom_scalars(tensorboard_layout(networks))
+    writer.write(Event(wall_time=now, step=0, summary=layout).SerializeToString())
+    study.mkdir(parents=True, exist_ok=True)
+    return _write_bytes(study / LAYOUT_EVENTS, buffer.getvalue())
 
 
 def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
@@ -1215,8 +1241,10 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
         experiment, start, end = hparams(hparam_values[run.path], metrics, domains)
         put(experiment)
         put(start)
-        put(_session_end(end, run.status))
-        for kind, rows in (("train", run.train_curve), ("test", run.curve)):
+        put(session_end(end, run.status))
+        live = bool((run.summary or {}).get("tensorboard_figure6_tags"))  # written by the run
+        for kind, rows in (("train", [] if live else run.train_curve),
+                           ("test", [] if live else run.curve)):  # fmt: skip
             for row in rows:
                 value = Summary.Value(
                     tag=f"figure6/{run.arch}/error_{kind}", simple_value=row[f"{kind}_error"]
@@ -1229,22 +1257,6 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
             old.unlink()
         paths.append(_write_bytes(run.path / EVENTS_NAME, buffer.getvalue()))
     return paths
-
-
-def _session_end(end, status: str):
-    """torch marks every session a success: say failed for diverged or failed runs, and
-    running for the others that have not completed."""
-    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
-
-    plugin_data = end.value[0].metadata.plugin_data
-    data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
-    data.session_end_info.status = {
-        "completed": api_pb2.STATUS_SUCCESS,
-        "diverged": api_pb2.STATUS_FAILURE,
-        "failed": api_pb2.STATUS_FAILURE,
-    }.get(status, api_pb2.STATUS_RUNNING)
-    plugin_data.content = data.SerializeToString()
-    return end
 
 
 def _hparams(run: Run) -> dict:

@@ -19,6 +19,12 @@ from omegaconf import MISSING, OmegaConf
 
 from resexp.errors import ConfigError
 
+# The architecture's choices (models.check_architecture refuses anything else).
+SHORTCUTS: tuple[str, ...] = ("A", "B")
+BLOCKS: tuple[str, ...] = ("basic", "preact", "highway", "bottleneck")
+FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
+STEMS: tuple[str, ...] = ("cifar", "imagenet")
+
 
 @dataclass
 class SyntheticConfig:

@@ -37,15 +37,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from resexp.config import BLOCKS, FAMILIES, SHORTCUTS, STEMS  # the schema's choices
+
 Shortcut = Literal["A", "B"]
 BlockKind = Literal["basic", "preact", "highway", "bottleneck"]
 Family = Literal["cifar", "imagenet"]
 Stem = Literal["cifar", "imagenet"]
 
-SHORTCUTS: tuple[str, ...] = ("A", "B")
-BLOCKS: tuple[str, ...] = ("basic", "preact", "highway", "bottleneck")
-FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
-STEMS: tuple[str, ...] = ("cifar", "imagenet")
+
 WIDTHS: tuple[int, int, int] = (16, 32, 64)  # filters per stage, He et al. 2015, sec. 4.2
 EXPANSION = 4  # a bottleneck's last 1x1 conv widens 4x: He et al. 2015, Fig. 5; He et al. 2016
 

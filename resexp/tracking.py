@@ -165,7 +165,9 @@ class Tracker:
     resumed curve has no duplicate or stale points.
     """
 
-    def __init__(self, run_dir: Path, history: list[dict] | None = None):
+    def __init__(
+        self, run_dir: Path, history: list[dict] | None = None, hparams: dict | None = None
+    ):
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
@@ -178,6 +180,16 @@ class Tracker:
         )
         last = self.rows[-1]["iteration"] if self.rows else 0
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=last + 1)
+        # Each curve also under figure6/<arch>/...: the study's custom-scalars layout (written
+        # by `resexp sweep` at its start, and by `resexp compare`) charts plain against
+        # residual by these tags, live.
+        self.arch = run_dir.parent.name
+        self.hparams = hparams
+        if hparams and not self.rows:  # a fresh run: a session in TensorBoard's HParams tab
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            _, start, _ = hparams_summaries(hparams, {"error/test": None, "error/train": None})
+            self.writer.file_writer.add_summary(start)
 
     def log_row(self, row: dict) -> None:
         """Record one row: iteration, training error (%) and loss, lr, and at evaluations the
@@ -197,10 +209,37 @@ class Tracker:
         ):
             if row.get(key) is not None and math.isfinite(row[key]):
                 self.writer.add_scalar(tag, row[key], step)
+        for kind in ("train", "test"):
+            value = row.get(f"{kind}_error")
+            if value is not None and math.isfinite(value):
+                self.writer.add_scalar(f"figure6/{self.arch}/error_{kind}", value, step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, status: str | None = None) -> None:
+        """Flush and close; with ``status`` (completed, diverged, ...), end the HParams session
+        (still running for an interrupted run)."""
+        if self.hparams and status in ("completed", "diverged", "failed"):
+            from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+            _, _, end = hparams_summaries(self.hparams, {"error/test": None})
+            self.writer.file_writer.add_summary(session_end(end, status))
         self.writer.close()
+
+
+def session_end(end: Any, status: str) -> Any:
+    """torch marks every HParams session a success: say failed for diverged or failed runs,
+    and running for the others that have not completed."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    plugin_data = end.value[0].metadata.plugin_data
+    data = plugin_data_pb2.HParamsPluginData.FromString(plugin_data.content)
+    data.session_end_info.status = {
+        "completed": api_pb2.STATUS_SUCCESS,
+        "diverged": api_pb2.STATUS_FAILURE,
+        "failed": api_pb2.STATUS_FAILURE,
+    }.get(status, api_pb2.STATUS_RUNNING)
+    plugin_data.content = data.SerializeToString()
+    return end
 
 
 def log_gradient_stats(

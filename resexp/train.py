@@ -314,8 +314,9 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> 
         )
 
 
-def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Check the run directory against ``cfg``; return the checkpoint to resume from, if any.
+def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path | None]:
+    """Check the run directory against ``cfg``; return the checkpoint to resume from (if any)
+    and where ``restart=true`` moved the previous run (if it did).
 
     A directory whose checkpoint was made with another config is refused, naming the keys, unless
     ``restart=true``: then the old directory is renamed whole (never deleted), and the new run
@@ -326,8 +327,8 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> dict | None:
     if cfg.restart and run_dir.exists() and any(run_dir.iterdir()):
         kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(run_dir, kept)
-        log.info("restart=true: the previous run is kept in %s", kept)
-    return state
+        return state, kept  # said once the new run's train.log exists, so that it is in it
+    return state, None
 
 
 def _read_saved_config(run_dir: Path) -> dict | None:
@@ -533,7 +534,7 @@ def fit(cfg: DictConfig) -> dict:
 
     # From here on, SIGTERM/SIGINT ask for a clean stop instead of killing the process.
     with SignalGuard() as guard, run_lock(run_dir):
-        state = prepare_run_dir(cfg, run_dir)
+        state, kept = prepare_run_dir(cfg, run_dir)
         previous = read_json(run_dir / "summary.json")
         if previous and previous.get("status") == "completed":
             log.info("%s is already completed (summary.json); nothing to do", run_dir)
@@ -545,6 +546,8 @@ def fit(cfg: DictConfig) -> dict:
         # Accepted: from here on the run writes into its own folder, and only there.
         run_dir.mkdir(parents=True, exist_ok=True)
         with log_to_file(run_dir / "train.log"):
+            if kept is not None:
+                log.info("restart=true: the previous run is kept in %s", kept)
             log.info("data: %s", data.description)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
             model = model.to(device=device, memory_format=memory_format)
@@ -624,7 +627,7 @@ def _train(
         "channels_last": memory_format == torch.channels_last,
         "compiled": compiled,
         "threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
     }]  # fmt: skip
 
     label = f"{run_dir.parent.name}/{run_dir.name}"
@@ -641,7 +644,9 @@ def _train(
         ", channels_last" if memory_format == torch.channels_last else "",
         ", torch.compile" if compiled else "",
     )
-    tracker = Tracker(run_dir, history)
+    hparams = {"depth": cfg.depth, "residual": cfg.residual, "block": cfg.block,
+               "shortcut": cfg.shortcut, "seed": cfg.seed, "arch": run_dir.parent.name}  # fmt: skip
+    tracker = Tracker(run_dir, history, hparams)
     progress = Progress(label, sched.iterations, iteration, cfg.progress)
     t0 = time.perf_counter()
 
@@ -757,8 +762,9 @@ def _train(
         raise
     finally:
         progress.close()
-        tracker.close()
-        if status != "completed" or iteration >= sched.iterations:
+        ended = status != "completed" or iteration >= sched.iterations  # else: a crash
+        tracker.close(status if ended else None)
+        if ended:
             _write_summary(
                 cfg,
                 run_dir,
@@ -824,6 +830,7 @@ def _write_summary(
         "compiled": compile_for(cfg.compile, device, cfg.schedule.iterations),
         "torch_version": torch.__version__,
         "data": data.description,
+        "tensorboard_figure6_tags": True,  # the run wrote figure6/<arch>/... itself
         "data_identity": data.identity,
         "segments": segments,
     }

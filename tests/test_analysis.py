@@ -280,7 +280,7 @@ def test_unknown_analysis_name(tmp_path):
 
 
 def test_target_without_runs(tmp_path):
-    with pytest.raises(ResexpError, match="no trained runs"):
+    with pytest.raises(ResexpError, match="no completed runs"):
         analyze("responses", tmp_path)
     with pytest.raises(ResexpError, match="does not exist"):
         analyze("lesion", tmp_path / "missing")

@@ -82,9 +82,8 @@ def test_a_bare_true_or_false_is_taken_for_string_switches(tmp_path):
 def test_help_lists_the_choices(tmp_path):
     result = run_cli("train", "--help", cwd=tmp_path)
     assert result.returncode == 0
-    assert (
-        "data=cifar10|folder|synthetic" in result.stdout and "residual=true|false" in result.stdout
-    )
+    assert "data=cifar10|cifar100|folder|synthetic" in result.stdout
+    assert "residual=true|false" in result.stdout
 
 
 def test_bench_command_prints_a_table_and_writes_json(tmp_path):

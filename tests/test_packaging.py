@@ -75,3 +75,26 @@ def test_configs_found_from_a_built_wheel(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     assert "depth: 56" in run.stdout
+
+
+def test_ci_runs_readme_quick_start_install_and_test_command_word_for_word():
+    readme = (REPO / "README.md").read_text()
+    ci = subprocess.run(
+        ["bash", "-c", "grep -m1 '^    python3 -m venv \\.venv' README.md | sed -e 's/^    //' "
+         "-e 's/ && resexp .*$//'"], cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert ci == 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[dev]"'
+    assert f"    {ci} && resexp sweep" in readme  # the quick start installs, then runs the study
+    assert "\n    python -m pytest -q\n" in readme
+    script = (REPO / ".ci" / "run").read_text()
+    assert 'eval "$install"' in script and 'eval "$tests"' in script
+    assert "pip install" not in script.replace("pip install -e", "")  # nothing installed beyond
+
+
+def test_dev_extra_brings_what_the_tests_need():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = " ".join(project["dependencies"] + project["optional-dependencies"]["dev"])
+    for needed in ("pytest", "ruff", "hydra-joblib-launcher", "hydra-submitit-launcher"):
+        assert needed in deps

@@ -147,5 +147,5 @@ def test_interrupt_message_tells_the_true_iteration(tmp_path, monkeypatch, caplo
     assert summary["status"] == "interrupted" and summary["iterations"] == stop_after
     line = next(r.getMessage() for r in caplog.records if " interrupted at iteration" in
                 r.getMessage())  # fmt: skip
-    assert f"interrupted at iteration {stop_after}: {expected}" in line
+    assert f"interrupted at iteration {stop_after}: " in line and expected in line
     assert "n/a" not in line and "None" not in line

@@ -101,10 +101,14 @@ def test_sweep_runs_the_grid_resumes_and_compare_draws_figure_6(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_sweep_with_parallel_launchers(tmp_path, launcher):
-    if importlib.util.find_spec(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher") is None:
-        pytest.skip(
-            f"the {launcher} launcher plugin is not installed (pip install resexp[parallel])"
-        )
+    plugin = f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher"
+    try:
+        found = importlib.util.find_spec(plugin) is not None
+    except ModuleNotFoundError:  # no Hydra plugin at all: not even the hydra_plugins package
+        found = False
+    if not found:
+        pytest.skip(f"the {launcher} launcher plugin ({plugin}) is not installed; "
+                    'pip install -e ".[dev]" brings it')  # fmt: skip
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else []
     result = run_cli("sweep", *GRID, f"hydra/launcher={launcher}", *extra, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -119,7 +123,8 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path):
     (broken / "checkpoint.pt").write_bytes(b"not a checkpoint")
     result = run_cli("sweep", *GRID, cwd=tmp_path)
     assert result.returncode == 1
-    assert "1 run(s) failed" in result.stderr
+    assert "1 of 4 run(s) did not complete" in result.stderr
+    assert "plain-8/seed0: failed" in result.stderr
     assert "failed" in result.stdout
     study = tmp_path / "outputs" / "degradation"
     assert json.loads((broken / "summary.json").read_text())["status"] == "failed"

@@ -336,8 +336,41 @@ def test_each_segment_of_a_resumed_run_is_recorded(compose_cfg, monkeypatch):
     monkeypatch.setattr(train.TrainBatches, "next", next_or_stop)
     with pytest.raises(StopRequested):
         fit(compose_cfg(*TINY))
-    summary = fit(compose_cfg(*TINY, "threads=1", "channels_last=false"))  # a harmless change
+    threads = torch.get_num_threads()
+    try:
+        summary = fit(compose_cfg(*TINY, "threads=1", "channels_last=false"))  # harmless changes
+    finally:
+        torch.set_num_threads(threads)  # fit sets the process's threads
     first, second = summary["segments"]
     assert (first["from_iteration"], second["from_iteration"]) == (0, 30)
     assert first["channels_last"] is True and second["channels_last"] is False
     assert second["threads"] == 1 and summary["status"] == "completed"
+
+
+def test_a_run_feeds_the_studys_tensorboard_charts_and_hparams_live(compose_cfg):
+    cfg = compose_cfg(*TINY)
+    fit(cfg)
+    events = EventAccumulator(str(Path(cfg.run_dir)))
+    events.Reload()
+    assert {"figure6/resnet-20/error_train", "figure6/resnet-20/error_test"} <= set(
+        events.Tags()["scalars"]
+    )
+    assert set(events.PluginTagToContent("hparams")) == {
+        "_hparams_/session_start_info",
+        "_hparams_/session_end_info",
+    }
+
+
+def test_sweep_writes_the_shared_charts_before_any_run(tmp_path):
+    from resexp.compare import LAYOUT_EVENTS, write_study_layout
+
+    path = write_study_layout(
+        tmp_path / "study", [("plain-20", 20, False), ("resnet-20", 20, True)]
+    )
+    assert path.name == LAYOUT_EVENTS
+    events = EventAccumulator(str(path.parent))
+    events.Reload()
+    assert "custom_scalars__config__" in events.PluginTagToContent("custom_scalars")
+    (layout,) = events.Tensors("custom_scalars__config__")
+    text = layout.tensor_proto.string_val[0]
+    assert b"plain-20|resnet-20" in text and b"20 layers: plain vs residual" in text

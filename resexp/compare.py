@@ -803,7 +803,7 @@ def plot_figure6(networks: list[Network], title: str = "") -> Figure:
     scale = 1e4 if last >= 20_000 else 1e3 if last >= 2_000 else 1
     xlabel = f"iter. ({scale:.0e})".replace("e+0", "e") if scale > 1 else "iterations"
 
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    fig = Figure(figsize=(10, 5.0), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, residual in zip(axes, (False, True), strict=True):
         nets = [n for n in plotted if n.residual == residual]
@@ -836,7 +836,9 @@ def plot_figure6(networks: list[Network], title: str = "") -> Figure:
             Line2D([], [], color="0.4", linestyle="--", linewidth=0.9, label="training error"),
             Line2D([], [], color="0.4", linestyle="-", linewidth=2.0, label="test error"),
         ]
-        ax.legend(handles=handles, fontsize=8, loc="upper right", framealpha=0.9)
+        # Below the panel, not on it: short runs end high, where a legend inside would sit.
+        ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
+                  ncol=3, frameon=False)  # fmt: skip
         ax.set_title("plain networks" if not residual else "residual networks (ResNet)")
         ax.set_xlabel(xlabel)
         ax.grid(True, linewidth=0.4, alpha=0.5)

@@ -398,8 +398,14 @@ def sweep(
         _split_flags(list(ctx.args))  # `--depth 56` gets the key=value hint
         args = sweeps.translate_args(list(ctx.args))
         plan = _checked(lambda: sweeps.plan_sweep(args, compose))
+        from resexp.tracking import CheckpointError
+
         for run in plan.runs:  # every run, its folder included, before any is launched
-            check_run(check_config(plan.base_overrides + run.overrides))
+            cfg = check_config(plan.base_overrides + run.overrides)
+            try:
+                check_run(cfg)
+            except CheckpointError as e:  # that run fails in its job; the others still run
+                log.warning("%s: %s", run.run_dir, e)
         skipped = [r for r in plan.runs if r.done_before]
         for run in skipped:
             log.info("skip %s: already completed", run.run_dir)

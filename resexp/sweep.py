@@ -348,7 +348,7 @@ def run_job(cfg, fit: Callable) -> dict | None:
     if cfg.device == "auto" and torch.cuda.device_count() > 1:
         with open_dict(cfg):
             cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"
-    from resexp.errors import ResexpError
+    from resexp.errors import ConfigError
     from resexp.train import EXIT_INTERRUPTED, StopRequested
 
     try:
@@ -356,7 +356,7 @@ def run_job(cfg, fit: Callable) -> dict | None:
     except StopRequested as e:  # Ctrl-C or SIGTERM stops the sweep, after this run's checkpoint
         log.warning("sweep stopped by %s; run the same command again to resume", e.args[0])
         raise SystemExit(EXIT_INTERRUPTED) from None
-    except ResexpError as e:  # refused before it started: its folder is not this job's to write
+    except ConfigError as e:  # refused before it started: its folder is not this job's to write
         log.error("%s refused: %s", run_dir, e)
         study = Path(cfg.output_root) / str(cfg.name)
         study.mkdir(parents=True, exist_ok=True)

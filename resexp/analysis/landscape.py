@@ -40,12 +40,12 @@ NONCONVEX_RATIO = 0.1  # a negative curvature counts when |lambda_min| > 10% of 
 
 OPTIONS: dict[str, tuple[object, str]] = {
     "train_images": (
-        1000,
+        500,
         "training images the loss is evaluated on, without augmentation "
         "(0: all); the common images option is not used here",
     ),
     "steps_1d": (21, "points along the random direction over [-span, span] (Li et al.: 51)"),
-    "steps_2d": (11, "points per side of the 2-D grid (Li et al.: 51 x 51); 0: no 2-D plane"),
+    "steps_2d": (9, "points per side of the 2-D grid (Li et al.: 51 x 51); 0: no 2-D plane"),
     "span": (1.0, "the plot covers [-span, span] in units of the filter-normalized direction"),
     "seed": (
         0,
@@ -132,9 +132,9 @@ def analyze_landscape(
     runs: list[Run],
     out: Output,
     settings: Settings,
-    train_images: int = 1000,
+    train_images: int = 500,
     steps_1d: int = 21,
-    steps_2d: int = 11,
+    steps_2d: int = 9,
     span: float = 1.0,
     seed: int = 0,
     all_seeds: bool = False,

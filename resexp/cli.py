@@ -398,7 +398,7 @@ def sweep(
         _split_flags(list(ctx.args))  # `--depth 56` gets the key=value hint
         args = sweeps.translate_args(list(ctx.args))
         plan = _checked(lambda: sweeps.plan_sweep(args, compose))
-        from resexp.tracking import CheckpointError
+        from resexp.rundir import CheckpointError
 
         for run in plan.runs:  # every run, its folder included, before any is launched
             cfg = check_config(plan.base_overrides + run.overrides)
@@ -645,7 +645,7 @@ def bench_command(
     from rich.console import Console
 
     from resexp.bench import bench, format_table
-    from resexp.tracking import write_json
+    from resexp.rundir import write_json
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from resexp.errors import ResexpError
-from resexp.tracking import atomic_write, read_json, read_metrics, session_end
+from resexp.rundir import atomic_write, read_json, read_metrics
+from resexp.tracking import session_end
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

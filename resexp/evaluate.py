@@ -236,13 +236,11 @@ def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:
 
 def weights_from_run(run: Any, claims: Mapping[str, Any]) -> Weights:
     """The latest readable checkpoint of a resexp run (``resexp.analysis.common.Run``)."""
-    from resexp.tracking import CHECKPOINT, load_checkpoint
-
-    state = load_checkpoint(run.path)
+    state = run.dir.load_checkpoint()
     if state is None:
         raise ResexpError(f"{run.path} has no checkpoint yet; train it first")
     state.setdefault("config", run.config)
-    return _resexp_weights(state, run.path / CHECKPOINT, run.label, run.path / OUT_FOLDER, claims)
+    return _resexp_weights(state, run.dir.checkpoint_file, run.label, run.path / OUT_FOLDER, claims)
 
 
 def _resexp_weights(
@@ -352,10 +350,9 @@ def _akamaster_weights(
 
 
 def _read_summary(folder: Path) -> dict:
-    from resexp.tracking import read_json
+    from resexp.rundir import RunDir
 
-    summary = read_json(folder / "summary.json")
-    return summary if isinstance(summary, dict) else {}
+    return RunDir(folder).read_summary() or {}
 
 
 def _first_line(e: BaseException) -> str:
@@ -613,9 +610,10 @@ def evaluate_path(
 
 def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weights], Path | None]:
     """One run's weights, or those of every run of a study matching the claims."""
-    from resexp.analysis.common import find_runs, is_run_dir
+    from resexp.analysis.common import find_runs
+    from resexp.rundir import RunDir
 
-    if is_run_dir(path):
+    if RunDir(path).is_trained():
         return [weights_from_run(find_runs(path, unfinished=True)[0], claims)], None
     runs = find_runs(path, unfinished=True)
     if not runs:
@@ -658,7 +656,7 @@ def _plain(node: Any) -> dict:
 
 def write_evaluation(result: Evaluation) -> list[Path]:
     """``evaluation.json`` and ``confusion.png`` in the result's folder."""
-    from resexp.tracking import write_json
+    from resexp.rundir import write_json
 
     result.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = result.out_dir / RESULT_JSON, result.out_dir / CONFUSION_PNG
@@ -669,7 +667,7 @@ def write_evaluation(result: Evaluation) -> list[Path]:
 
 def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -> Path:
     """One line per run of a study, with where its full evaluation lies."""
-    from resexp.tracking import write_json
+    from resexp.rundir import write_json
 
     path = out_dir / RESULT_JSON
     write_json(path, {

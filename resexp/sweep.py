@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resexp.tracking import format_seconds, read_json, read_metrics, write_json
+from resexp.rundir import RunDir, read_metrics
+from resexp.tracking import format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
         point = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
         cfg = compose(base + point)
         run_dir = Path(cfg.run_dir)
-        summary = read_json(run_dir / "summary.json")
+        summary = RunDir(run_dir).read_summary()
         runs.append(
             PlannedRun(
                 overrides=point,
@@ -224,7 +225,7 @@ def plan_table(plan: Plan):
     for run in plan.runs:
         spi = run.seconds_per_iteration
         table.add_row(
-            f"{run.run_dir.parent.name}/{run.run_dir.name}",
+            RunDir(run.run_dir).label,
             f"{run.iterations:,}",
             f"{spi:.3f}" if spi else "",
             "completed before"
@@ -281,21 +282,15 @@ class Monitor(threading.Thread):
         weighted by their measured seconds where the plan has them)."""
         finished, in_flight, iterations = 0, [], 0
         for run in self.todo:
-            summary = read_json(run.run_dir / "summary.json")
-            rows = (
-                read_metrics(run.run_dir / "metrics.jsonl")
-                if (run.run_dir / "metrics.jsonl").exists()
-                else []
-            )
+            folder = RunDir(run.run_dir)
+            summary, rows = folder.read_summary(), folder.read_metrics()
             it = rows[-1]["iteration"] if rows else 0
             weight = run.seconds_per_iteration or 1.0  # deeper nets: more seconds per iteration
             if summary and summary.get("status") in ("completed", "diverged", "failed"):
                 finished += 1
                 iterations += run.iterations * weight
-            elif rows or (run.run_dir / "train.log").exists():
-                in_flight.append(
-                    f"{run.run_dir.parent.name}/{run.run_dir.name} ({it}/{run.iterations})"
-                )
+            elif rows or folder.log_file.exists():
+                in_flight.append(f"{folder.label} ({it}/{run.iterations})")
                 iterations += it * weight
         return finished, len(self.todo), in_flight, iterations
 
@@ -366,12 +361,10 @@ def run_job(cfg, fit: Callable) -> dict | None:
         return None
     except Exception as e:  # one failed run must not stop the others
         log.error("%s failed: %s", run_dir, e)
-        previous = read_json(run_dir / "summary.json") or {}
+        folder = RunDir(run_dir)
+        previous = folder.read_summary() or {}
         if previous.get("status") != "completed":
-            run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(
-                run_dir / "summary.json", {**previous, "status": "failed", "error": str(e)[:2000]}
-            )
+            folder.write_summary({**previous, "status": "failed", "error": str(e)[:2000]})
         return None
 
 
@@ -384,7 +377,7 @@ def outcomes(plan: Plan) -> list[tuple[PlannedRun, str, dict]]:
             refused[row["run_dir"]] = row.get("error", "")
     result = []
     for run in plan.runs:
-        summary = read_json(run.run_dir / "summary.json") or {}
+        summary = RunDir(run.run_dir).read_summary() or {}
         if run.done_before:
             outcome = "skipped"
         elif str(run.run_dir) in refused:
@@ -407,7 +400,7 @@ def report_table(plan: Plan):
         if outcome not in ("skipped", "completed", "diverged"):  # diverged: a result, reported
             failed += 1
         table.add_row(
-            f"{run.run_dir.parent.name}/{run.run_dir.name}",
+            RunDir(run.run_dir).label,
             outcome + (f": {s['error'][:60]}" if s.get("error") else ""),
             _pct(s.get("train_error")),
             _pct(s.get("test_error")),

@@ -1,18 +1,6 @@
-"""What a run leaves on disk, and what it shows while it runs.
+"""What a run shows while it runs: its curves (metrics.jsonl and TensorBoard) and its progress.
 
-A run directory (``outputs/<name>/<arch>-<depth>/seed<k>/``) holds:
-
-    config.yaml         the resolved config
-    metrics.jsonl       one JSON object per training-log point (iteration, train error and loss,
-                        lr) and per evaluation (the same, plus test error and loss): the curves
-                        of He et al. 2015, Figure 6
-    summary.json        final errors, status, speed, device, versions
-    events.out.tfevents.*   the same curves for TensorBoard (x-axis: iteration)
-    checkpoint.pt       the latest checkpoint (checkpoint.prev.pt: the one before)
-    train.log           the log lines, with time stamps
-
-Every file that a later step reads back is written atomically (temporary file, flush to disk,
-rename), so a crash or a full disk during a write leaves the previous version intact.
+The files themselves, and where they live, are ``resexp.rundir``'s.
 """
 
 from __future__ import annotations
@@ -20,137 +8,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from resexp.errors import ResexpError
+from resexp.rundir import RunDir, atomic_write
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, fsync it, then rename.
-
-    The temporary name has no "tfevents" in it, so a live TensorBoard never reads a half file,
-    and the file gets the permissions the umask allows (mkstemp alone would make it 0600).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".resexp-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl file; a torn last line (a crash mid-write) is skipped."""
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
-    return rows
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-class CheckpointError(ResexpError):
-    """A checkpoint exists but cannot be read."""
-
-
-def save_checkpoint(run_dir: Path, state: dict) -> None:
-    """Write ``state`` as the run's checkpoint, keeping the previous one as a fallback.
-
-    The new file is complete on disk before it replaces anything, so a crash or a full disk at
-    any point leaves at least one readable checkpoint.
-    """
-    path = run_dir / CHECKPOINT
-    atomic_write(path.with_suffix(".new"), lambda f: torch.save(state, f), binary=True)
-    if path.exists():
-        os.replace(path, run_dir / PREVIOUS_CHECKPOINT)
-    os.replace(path.with_suffix(".new"), path)
-
-
-def load_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> dict | None:
-    """The newest readable checkpoint of a run, or None if it has none.
-
-    An unreadable newest checkpoint is left in place for inspection (never deleted); the previous
-    one is used when it is readable, else the run stops with a message saying what to do.
-    """
-    candidates = [run_dir / CHECKPOINT, run_dir / PREVIOUS_CHECKPOINT]
-    if not candidates[0].exists() and (run_dir / (CHECKPOINT[:-3] + ".new")).exists():
-        # Killed between the two renames of save_checkpoint: the .new file is the latest.
-        candidates.insert(0, run_dir / (CHECKPOINT[:-3] + ".new"))
-    broken = []
-    for path in candidates:
-        if not path.exists():
-            continue
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=False)
-            if not isinstance(state, dict) or "iteration" not in state:
-                raise ValueError("not a resexp checkpoint")
-        except Exception as e:  # torch raises many kinds on a truncated or foreign file
-            log.warning("checkpoint %s is unreadable (%s); it is kept as it is", path, _short(e))
-            broken.append(path)
-            continue
-        if broken:
-            log.warning("resuming from the older checkpoint %s instead", path)
-        return state
-    if broken:
-        raise CheckpointError(
-            f"no readable checkpoint in {run_dir} ({', '.join(p.name for p in broken)} "
-            "could not be read and are kept for inspection). To start this run over, add "
-            "restart=true (the old directory is kept under a new name), or choose another name=."
-        )
-    return None
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,7 +38,7 @@ class Tracker:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = run_dir
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = RunDir(run_dir).metrics_file
         self.rows: list[dict] = list(history or [])
         # Rewrite the file from the checkpoint's own history: rows logged after the checkpoint
         # by an interrupted process are stale and must not stay.

@@ -33,15 +33,8 @@ from resexp.config import num_classes
 from resexp.data import ImageData, TrainBatches, eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
-from resexp.tracking import (
-    Progress,
-    Tracker,
-    load_checkpoint,
-    log_gradient_stats,
-    read_json,
-    save_checkpoint,
-    write_json,
-)
+from resexp.rundir import RunDir
+from resexp.tracking import Progress, Tracker, log_gradient_stats
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +294,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> 
     if cfg.restart:
         return
     if state is None:
-        state = load_checkpoint(run_dir)
-    saved = state["config"] if state else _read_saved_config(run_dir)
+        state = RunDir(run_dir).load_checkpoint()
+    saved = state["config"] if state else RunDir(run_dir).read_config()
     if saved is None:
         return
     differing = config_differences(saved, OmegaConf.to_container(cfg, resolve=True))
@@ -322,23 +315,12 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path |
     ``restart=true``: then the old directory is renamed whole (never deleted), and the new run
     writes only into a new, empty directory.
     """
-    state = load_checkpoint(run_dir) if not cfg.restart else None
+    state = RunDir(run_dir).load_checkpoint() if not cfg.restart else None
     check_run_dir(cfg, run_dir, state)
     if cfg.restart and run_dir.exists() and any(run_dir.iterdir()):
-        kept = run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(run_dir, kept)
+        kept = RunDir(run_dir).move_aside()
         return state, kept  # said once the new run's train.log exists, so that it is in it
     return state, None
-
-
-def _read_saved_config(run_dir: Path) -> dict | None:
-    path = run_dir / "config.yaml"
-    if not path.exists():
-        return None
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:
-        return None
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -535,7 +517,7 @@ def fit(cfg: DictConfig) -> dict:
     # From here on, SIGTERM/SIGINT ask for a clean stop instead of killing the process.
     with SignalGuard() as guard, run_lock(run_dir):
         state, kept = prepare_run_dir(cfg, run_dir)
-        previous = read_json(run_dir / "summary.json")
+        previous = RunDir(run_dir).read_summary()
         if previous and previous.get("status") == "completed":
             log.info("%s is already completed (summary.json); nothing to do", run_dir)
             return previous
@@ -545,11 +527,11 @@ def fit(cfg: DictConfig) -> dict:
                             family=cfg.family, stem=cfg.stem)  # fmt: skip
         # Accepted: from here on the run writes into its own folder, and only there.
         run_dir.mkdir(parents=True, exist_ok=True)
-        with log_to_file(run_dir / "train.log"):
+        with log_to_file(RunDir(run_dir).log_file):
             if kept is not None:
                 log.info("restart=true: the previous run is kept in %s", kept)
             log.info("data: %s", data.description)
-            OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+            RunDir(run_dir).write_config(cfg)
             model = model.to(device=device, memory_format=memory_format)
             guard.check()
             return _train(cfg, run_dir, model, data, state, guard, device, amp_dtype, memory_format)
@@ -652,8 +634,7 @@ def _train(
 
     def checkpoint(pending: bool) -> None:
         try:
-            save_checkpoint(
-                run_dir,
+            RunDir(run_dir).save_checkpoint(
                 {
                     "iteration": iteration,
                     "eval_pending": pending,
@@ -780,7 +761,7 @@ def _train(
                 iteration,
                 segments,
             )
-    return read_json(run_dir / "summary.json")
+    return RunDir(run_dir).read_summary()
 
 
 def _write_summary(
@@ -834,7 +815,7 @@ def _write_summary(
         "data_identity": data.identity,
         "segments": segments,
     }
-    write_json(run_dir / "summary.json", summary)
+    RunDir(run_dir).write_summary(summary)
     label = f"{run_dir.parent.name}/{run_dir.name}"
     if not evaluations:
         errors = "no evaluation yet"

@@ -311,7 +311,7 @@ def test_find_runs_in_a_study_and_in_a_run(study):
     runs = find_runs(study)
     assert [r.arch for r in runs] == ["plain-8", "resnet-8"]
     assert [r.path for r in find_runs(runs[1].path)] == [runs[1].path]
-    assert [it for it, _ in runs[0].checkpoints()] == [2, 4]
+    assert [it for it, _ in runs[0].dir.checkpoints()] == [2, 4]
 
 
 @pytest.mark.parametrize("name", list(ANALYSES))

@@ -232,7 +232,7 @@ def test_unwritable_output_folder_is_refused(tmp_path):
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(compose_cfg, monkeypatch):
-    import resexp.tracking as tracking
+    import resexp.rundir as rundir
 
     cfg = compose_cfg(*SMALL)
     real_save, calls = torch.save, []
@@ -244,12 +244,12 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(compose_cfg, monke
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(tracking.torch, "save", save_then_fill_the_disk)
+    monkeypatch.setattr(rundir.torch, "save", save_then_fill_the_disk)
     with pytest.raises(ResexpError, match=r"could not write a checkpoint.*previous checkpoint"):
         fit(cfg)
     run_dir = Path(cfg.run_dir)
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["iteration"] == 10
     assert not list(run_dir.glob(".resexp-*.tmp"))  # no half-written leftovers
 
-    monkeypatch.setattr(tracking.torch, "save", real_save)  # space freed: the run resumes
+    monkeypatch.setattr(rundir.torch, "save", real_save)  # space freed: the run resumes
     assert fit(cfg)["status"] == "completed"

@@ -1,7 +1,7 @@
 """What every analysis shares: finding runs, rebuilding their networks and data, writing results.
 
-A run directory (``outputs/<name>/<arch>-<depth>/seed<k>/``) is any folder with a config.yaml and a
-checkpoint; a study directory holds several. ``Output`` writes an analysis's PNGs, CSV, JSON and
+A run here is a ``resexp.rundir.RunDir`` with a config.yaml and a checkpoint (a network that can
+be rebuilt); a study directory holds several. ``Output`` writes an analysis's PNGs, CSV, JSON and
 TensorBoard images into one folder and records every path it wrote; ``Output.check`` states what
 the literature expects next to what was measured, so a reader sees at once whether they agree.
 """
@@ -25,13 +25,8 @@ from torch import Tensor
 from resexp.config import arch_name
 from resexp.errors import ResexpError
 from resexp.models import CifarResNet, build_model
-from resexp.tracking import (
-    CHECKPOINT,
-    PREVIOUS_CHECKPOINT,
-    format_seconds,
-    load_checkpoint,
-    write_json,
-)
+from resexp.rundir import RunDir, run_dirs, write_json
+from resexp.tracking import format_seconds
 
 log = logging.getLogger("resexp.analysis")
 
@@ -46,6 +41,10 @@ class Run:
 
     path: Path
     config: dict = field(repr=False, compare=False)  # runs are compared and hashed by folder
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
 
     @property
     def depth(self) -> int:
@@ -95,10 +94,7 @@ class Run:
     @property
     def summary(self) -> dict:
         """The run's summary.json ({} while it has none: still training, or killed)."""
-        from resexp.tracking import read_json
-
-        found = read_json(self.path / "summary.json")
-        return found if isinstance(found, dict) else {}
+        return self.dir.read_summary() or {}
 
     @property
     def status(self) -> str:
@@ -136,47 +132,14 @@ class Run:
         return build_model(self.depth, self.residual, self.shortcut, self.block,
                            self.num_classes, family=self.family, stem=self.stem)  # fmt: skip
 
-    def checkpoints(self) -> list[tuple[int, dict]]:
-        """(iteration, model state dict) of each readable saved checkpoint, oldest first."""
-        found = {}
-        for name in (PREVIOUS_CHECKPOINT, CHECKPOINT):
-            path = self.path / name
-            if not path.exists():
-                continue
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=False)
-                found[int(state["iteration"])] = state["model"]
-            except Exception as e:  # a truncated file: use the other one
-                log.warning("skipping unreadable checkpoint %s (%s)", path, type(e).__name__)
-        return sorted(found.items())
-
     def trained(self, device: torch.device) -> tuple[CifarResNet, int]:
         """The network with its latest readable checkpoint, in eval mode, and that iteration."""
-        state = load_checkpoint(self.path)
+        state = self.dir.load_checkpoint()
         if state is None:
             raise ResexpError(f"{self.path} has no checkpoint; train it first")
         model = self.build()
         model.load_state_dict(state["model"])
         return model.to(device).eval(), int(state["iteration"])
-
-
-def _read_config(run_dir: Path) -> dict | None:
-    """The run's resolved config.yaml as a dict, or None if it cannot be read."""
-    from omegaconf import OmegaConf
-
-    try:
-        cfg = OmegaConf.load(run_dir / "config.yaml")
-        return OmegaConf.to_container(cfg, resolve=False)  # saved resolved by fit
-    except Exception as e:
-        log.warning("skipping %s: unreadable config.yaml (%s)", run_dir, type(e).__name__)
-        return None
-
-
-def is_run_dir(path: Path) -> bool:
-    """A folder that holds a config.yaml and a checkpoint (a run that has trained a little)."""
-    return (path / "config.yaml").is_file() and any(
-        (path / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT)
-    )
 
 
 def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
@@ -185,30 +148,28 @@ def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
     Only completed runs (summary.json says so), unless ``unfinished``: an interrupted, diverged
     or still-running run's checkpoint is not a trained network, and its twin may have trained
     longer; with ``unfinished`` such runs come in, labelled with their state and iteration.
-    Hidden folders, folders kept by ``restart=true`` (``seed0.old-*``) and analysis outputs are
-    skipped. Sorted by block, depth, plain before residual, then seed.
+    Folders kept by ``restart=true`` (``seed0.old-*``) are not runs (``resexp.rundir.run_dirs``).
+    Sorted by block, depth, plain before residual, then seed.
     """
     target = Path(target)
     if not target.exists():
         raise ResexpError(f"{target} does not exist; give a run or study folder under outputs/")
-    if is_run_dir(target):
-        folders = [target]
+    if RunDir(target).is_trained():
+        folders = [RunDir(target)]
     else:
         folders = []
-        for cfg in sorted(target.rglob("config.yaml")):
-            rel = cfg.parent.relative_to(target).parts
-            if any(p.startswith(".") or ".old-" in p or p == "analysis" for p in rel):
-                continue
-            if is_run_dir(cfg.parent):
-                folders.append(cfg.parent)
-            else:
-                log.info("skipping %s: no checkpoint yet", cfg.parent)
+        for folder in run_dirs(target):
+            if folder.is_trained():
+                folders.append(folder)
+            elif folder.config_file.is_file():
+                log.info("skipping %s: no checkpoint yet", folder.path)
     runs = []
     for folder in folders:
-        config = _read_config(folder)
+        config = folder.read_config()
         if config is None or "depth" not in config:
+            log.warning("skipping %s: no readable config.yaml", folder.path)
             continue
-        run = Run(folder, config)
+        run = Run(folder.path, config)
         if run.status != "completed" and not unfinished:
             log.info("skipping %s: %s, not completed (unfinished=true includes it)", folder,
                      run.label.split(" (", 1)[-1].rstrip(")"))  # fmt: skip

@@ -81,7 +81,7 @@ def analyze_gradients(
     with out.steps("states", total) as steps:
         for run in runs:
             x, y = settings.data(run).normalized("train", grad_images)
-            saved = run.checkpoints()
+            saved = run.dir.checkpoints()
             states = [("initialization", 0, None)] + [
                 ("latest checkpoint" if i == len(saved) - 1 else "previous checkpoint", it, sd)
                 for i, (it, sd) in enumerate(saved)
@@ -156,9 +156,8 @@ def analyze_gradients(
 
 
 def _saved_checkpoints(run: Run) -> int:
-    from resexp.tracking import CHECKPOINT, PREVIOUS_CHECKPOINT
-
-    return sum((run.path / name).exists() for name in (PREVIOUS_CHECKPOINT, CHECKPOINT))
+    files = (run.dir.previous_checkpoint_file, run.dir.checkpoint_file)
+    return sum(f.exists() for f in files)
 
 
 def _plot(

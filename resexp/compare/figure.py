@@ -1,8 +1,5 @@
-"""Figure 6 of He et al. 2015 from a study's runs: plain nets left, residual nets right.
-
-As in the paper: training error thin dashed, test error bold, one colour per depth, the same on
-both panels. Over several seeds, the mean curve with a min-max band.
-"""
+"""Figure 6 of He et al. 2015 from a study's runs: plain nets left, residual nets right, one
+colour per depth; over several seeds, the mean curve with a min-max band."""
 
 from __future__ import annotations
 
@@ -16,11 +13,14 @@ from resexp.compare.runs import Network, Run
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-
 # The paper's colours, roughly: one per depth, the same on both panels.
 DEPTH_COLORS = {20: "#e69f00", 32: "#1f77b4", 44: "#2ca02c", 56: "#d62728", 110: "#000000"}
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 MARKERS = [None, "o", "s", "^", "D"]  # a second block in one panel (preact beside resnet)
+STYLES = {  # He et al. 2015, Figure 6: training error thin dashed, test error bold
+    "train": {"linestyle": "--", "linewidth": 0.9},
+    "test": {"linestyle": "-", "linewidth": 2.0},
+}
 
 
 def depth_colors(depths: list[int]) -> dict[int, str]:
@@ -95,30 +95,22 @@ def plot_figure6(networks: list[Network], title: str = "") -> Figure:
             curves = mean_curve(net.used)
             color = colors[net.depth]
             family_marker = MARKERS[families.index(net.family) % len(MARKERS)]
-            for key, kind in (("train_error", "train"), ("test_error", "test")):
-                its, mean, lo, hi = curves[key]
+            for kind in ("train", "test"):
+                its, mean, lo, hi = curves[f"{kind}_error"]
                 x = [i / scale for i in its]
                 marker = family_marker
                 if marker is None and len(x) < 3:
                     marker = "o"  # a curve of one or two evaluations would not show as a line
-                style = dict(
-                    color=color, marker=marker, markevery=max(len(x) // 8, 1), markersize=4
-                )
                 if len(net.used) > 1:
                     ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
-                if kind == "train":
-                    (line,) = ax.plot(
-                        x, mean, linestyle="--", linewidth=0.9, label="_nolegend_", **style
-                    )
-                else:
-                    label = net.label + (" (partial)" if net.preliminary else "")
-                    (line,) = ax.plot(x, mean, linestyle="-", linewidth=2.0, label=label, **style)
+                label = net.label + (" (partial)" if net.preliminary else "")
+                (line,) = ax.plot(x, mean, label=label if kind == "test" else "_nolegend_",
+                                  color=color, marker=marker, markevery=max(len(x) // 8, 1),
+                                  markersize=4, **STYLES[kind])  # fmt: skip
                 line.set_gid(f"{net.arch}/{kind}")
         handles, _ = ax.get_legend_handles_labels()
-        handles += [
-            Line2D([], [], color="0.4", linestyle="--", linewidth=0.9, label="training error"),
-            Line2D([], [], color="0.4", linestyle="-", linewidth=2.0, label="test error"),
-        ]
+        handles += [Line2D([], [], color="0.4", label=f"{name} error", **STYLES[kind])
+                    for kind, name in (("train", "training"), ("test", "test"))]  # fmt: skip
         # Below the panel, not on it: short runs end high, where a legend inside would sit.
         ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14),
                   ncol=3, frameon=False)  # fmt: skip

@@ -1,10 +1,5 @@
-"""A study's results as tables and text: results.csv, results.md and the terminal report.
-
-One row per network: its final errors (mean ± std over seeds), the published value beside it
-with its source (references.py), and how many of its runs finished. Then the verdict's checks,
-the runs that are missing or unfinished, and how these runs differ from the paper's (64k
-iterations on the original CIFAR-10, He et al. 2015, sec. 4.2).
-"""
+"""A study's results as tables: results.csv, results.md and the terminal report; each network
+beside its published test error, and the paper's 64k iterations (He et al. 2015, sec. 4.2)."""
 
 from __future__ import annotations
 
@@ -30,9 +25,11 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 
 
-def csv_rows(networks: list[Network]) -> list[dict]:
-    """The rows of results.csv: errors in %, std is the sample std over seeds (blank for one)."""
-    rows = []
+def results_csv(networks: list[Network]) -> str:
+    """results.csv, a row per network: errors in %, std the sample std over seeds (blank for 1)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
+    writer.writeheader()
     for n in networks:
         ref, test, train = n.reference, n.test_error, n.train_error
         planned = [r.planned_iterations for r in n.runs if r.planned_iterations]
@@ -59,16 +56,7 @@ def csv_rows(networks: list[Network]) -> list[dict]:
             row["reference_std"] = ref.std if ref.std is not None else ""
             row["reference_source"] = ref.source
             row["test_error_minus_reference"] = _round(test.mean - ref.test_error if test else None)
-        rows.append(row)
-    return rows
-
-
-def results_csv(networks: list[Network]) -> str:
-    """results.csv: CSV_COLUMNS, one row per network (``csv_rows``)."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(csv_rows(networks))
+        writer.writerow(row)
     return out.getvalue()
 
 
@@ -91,7 +79,7 @@ def results_markdown(cmp: Comparison) -> str:
         ref = n.reference
         ref_text = _reference(n) + (f" ± {ref.std:.2f}" if ref and ref.std else "")
         lines.append(
-            f"| {_name(n)} | {format_params(n.params)} | {len(n.used)} "
+            f"| {_name(n)} | {f'{n.params / 1e6:.2f}M' if n.params else ''} | {len(n.used)} "
             f"| {format_iterations(n.iterations)} | {n.train_error or 'n/a'} "
             f"| {n.test_error or 'n/a'}{f' ({n.test_error.n})' if n.test_error else ''} "
             f"| {ref_text} | {ref.source if ref else ''} | {n.status_counts} |"
@@ -114,9 +102,8 @@ def results_markdown(cmp: Comparison) -> str:
     ]
     lines += [f"| {c.title} | {c.status} | {c.detail} | {c.noise} |" for c in cmp.verdict.checks]
     lines += ["", "## Missing and unfinished runs", ""]
-    lines += [f"- {line}" for line in problem_lines(cmp)] or [
-        "None: every network has finished runs."
-    ]
+    problems = [f"- {line}" for line in problem_lines(cmp)]
+    lines += problems or ["None: every network has finished runs."]
     lines += ["", "## Iterations and data", ""]
     lines += [f"- {line}" for line in context_lines(cmp)]
     return "\n".join(lines) + "\n"
@@ -289,10 +276,6 @@ def _name(n: Network) -> str:
 
 def _reference(n: Network) -> str:
     return f"{n.reference.test_error:.2f}" if n.reference else ""
-
-
-def format_params(params: int | None) -> str:
-    return "" if not params else f"{params / 1e6:.2f}M"
 
 
 def format_iterations(iterations: list[int], thousands: bool = True) -> str:

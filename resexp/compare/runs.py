@@ -1,10 +1,5 @@
-"""A study's runs: finding them, reading each run folder, and grouping them into networks.
-
-A study is a folder of runs, ``<study>/<arch>-<depth>/seed<k>/`` (``resexp sweep`` writes
-``outputs/degradation/``). Training writes into each run folder config.yaml at its start,
-metrics.jsonl as it goes (one row per training-log point and per evaluation) and summary.json
-at its end. All reading of run folders is here.
-"""
+"""A study's runs: finding them, reading each run folder (config.yaml, metrics.jsonl and
+summary.json: all reading of run folders is here), and grouping them into networks."""
 
 from __future__ import annotations
 
@@ -243,6 +238,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+# Networks: the runs grouped by architecture, their final errors over seeds (no reading below).
 @dataclass(frozen=True)
 class Stat:
     """Mean, sample standard deviation (None for one value) and count."""
@@ -333,11 +329,10 @@ def group_networks(runs: list[Run]) -> list[Network]:
         first = group[0]
         usable = [r for r in group if r.usable]
         used = [r for r in usable if r.status == "completed"] or usable
-        family = family_of(arch, first.depth)
         networks.append(
             Network(
                 arch=arch,
-                family=family,
+                family=family_of(arch, first.depth),
                 depth=first.depth,
                 residual=first.residual,
                 block=first.block,
@@ -348,15 +343,11 @@ def group_networks(runs: list[Run]) -> list[Network]:
                 reference=REFERENCES.get(arch),
             )
         )
-    return sorted(
-        networks,
-        key=lambda n: (
-            n.residual,
-            n.family != ("resnet" if n.residual else "plain"),
-            n.family,
-            n.depth,
-        ),
-    )
+
+    def order(n: Network) -> tuple:  # plain or ResNet first in its half, then other families
+        return (n.residual, n.family != ("resnet" if n.residual else "plain"), n.family, n.depth)
+
+    return sorted(networks, key=order)
 
 
 def missing_networks(networks: list[Network]) -> list[str]:

@@ -1,11 +1,5 @@
-"""A study in TensorBoard: Figure 6 as custom-scalar charts, and each run's hparams.
-
-``tensorboard --logdir <study>`` then tells the same story as compare's figure and tables: the
-custom-scalars layout charts plain against residual nets (the two panels of He et al. 2015,
-Figure 6, then one chart per depth), and the HParams tab holds one session per run with its
-final errors. Everything is written through TensorBoard's own writer (torch's SummaryWriter),
-then put whole under a fixed name into the run's (or the study's) own folder.
-"""
+"""A study in TensorBoard: Figure 6 (He et al. 2015) as custom-scalar charts, and each run's
+hparams, written through TensorBoard's own writer (torch's SummaryWriter)."""
 
 from __future__ import annotations
 
@@ -87,7 +81,6 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
     layout = tensorboard_layout([(n.arch, n.depth, n.residual) for n in networks])
     values = {r.path: {key: getattr(r, key) for key in HPARAMS} for r in runs}
     domains = {key: sorted({v[key] for v in values.values()}) for key in HPARAMS if key != "seed"}
-    paths = []
     for run in runs:
         final = run.final or {}
         metrics = {"hparams/final_train_error": final.get("train_error"),
@@ -100,26 +93,21 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
             writer.add_custom_scalars(layout)
             for summary in (experiment, start, session_end(end, run.status)):
                 writer.file_writer.add_summary(summary)
-            for kind, rows in (("train", [] if live else run.train_curve),
-                               ("test", [] if live else run.curve)):  # fmt: skip
-                for row in rows:
-                    tag = f"figure6/{run.arch}/error_{kind}"
-                    writer.add_scalar(tag, row[f"{kind}_error"], int(row["iteration"]))
+            if not live:  # a run that predates the live figure6/ tags: copies of its curves
+                for kind, rows in (("train", run.train_curve), ("test", run.curve)):
+                    for row in rows:
+                        tag = f"figure6/{run.arch}/error_{kind}"
+                        writer.add_scalar(tag, row[f"{kind}_error"], int(row["iteration"]))
             if final:
                 for tag, value in metrics.items():
                     writer.add_scalar(tag, value, int(final.get("iteration", 0)))
-        paths.append(run.path / EVENTS_NAME)
-    return paths
+    return [run.path / EVENTS_NAME for run in runs]
 
 
 @contextmanager
 def _events_file(path: Path) -> Iterator[SummaryWriter]:
-    """A SummaryWriter whose events file ends up at ``path``, whole.
-
-    TensorBoard's writer names its files by the clock and the host, so it writes into a
-    temporary folder; the file then goes into place through ``atomic_write`` (a temporary file
-    beside ``path``, then a rename), so a live TensorBoard never reads half of it.
-    """
+    """A SummaryWriter whose events file ends up at ``path``, whole: TensorBoard's writer names
+    its files by clock and host, so it writes into a temporary folder, then ``atomic_write``."""
     from torch.utils.tensorboard import SummaryWriter
 
     with tempfile.TemporaryDirectory(prefix="resexp-tensorboard-") as tmp:

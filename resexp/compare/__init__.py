@@ -12,10 +12,7 @@ A study is a folder of runs, ``<study>/<arch>-<depth>/seed<k>/`` (``resexp sweep
                                layout (Figure 6 as TensorBoard charts) and the run's hparams, so
                                ``tensorboard --logdir <study>`` tells the same story
 
-One job a module: ``runs`` finds and reads the runs and groups them into networks,
-``references`` holds the published values, ``verdict`` asks the paper's findings of the final
-errors against the seed noise, ``figure`` draws Figure 6, ``reports`` writes the tables and the
-terminal report, ``tensorboard`` the custom-scalars layout and the hparams.
+A module a job: runs, references (the published values), verdict, figure, reports, tensorboard.
 """
 
 from __future__ import annotations
@@ -26,18 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resexp.compare.figure import plot_figure6
-from resexp.compare.references import REFERENCES, Reference
 from resexp.compare.reports import print_report, report_lines, results_csv, results_markdown
 from resexp.compare.runs import (
     Network,
     Run,
-    Stat,
     find_study,
     group_networks,
-    load_run,
     load_runs,
     missing_networks,
-    run_dirs,
 )
 from resexp.compare.tensorboard import (
     EVENTS_NAME,
@@ -45,17 +38,16 @@ from resexp.compare.tensorboard import (
     write_study_layout,
     write_tensorboard,
 )
-from resexp.compare.verdict import Check, Verdict, judge, welch_p
+from resexp.compare.verdict import Verdict, judge, welch_p
 from resexp.tracking import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+# What resexp.cli and the tests import from resexp.compare.
 __all__ = [
-    "EVENTS_NAME", "LAYOUT_EVENTS", "REFERENCES", "Check", "Comparison", "Network", "Reference",
-    "Run", "Stat", "Verdict", "compare", "find_study", "group_networks", "judge", "load_run",
-    "load_runs", "plot_figure6", "print_report", "report_lines", "results_csv",
-    "results_markdown", "run_dirs", "welch_p", "write_study_layout", "write_tensorboard",
+    "EVENTS_NAME", "LAYOUT_EVENTS", "Comparison", "compare", "find_study", "load_runs",
+    "print_report", "report_lines", "welch_p", "write_study_layout",
 ]  # fmt: skip
 
 

@@ -1,11 +1,10 @@
 """The published numbers a study is compared with.
 
-He et al. 2015, "Deep Residual Learning for Image Recognition", sec. 4.2: the CIFAR-10 networks
-train for 64k iterations; Figure 6 shows plain and residual nets of 20, 32, 44 and 56 layers
-(and ResNet-110); Table 6 gives the ResNets' test errors. The paper shows plain nets as curves
-only, so their values come from public reproductions: github.com/nabla0001/resnet (mean of 5
-runs of 64k iterations) and github.com/a-martyn/resnet (best epoch). PreAct-110: He et al.
-2016, "Identity Mappings in Deep Residual Networks", Table 3.
+He et al. 2015, "Deep Residual Learning for Image Recognition", sec. 4.2: 64k iterations, Figure
+6's grid, the ResNets' test errors (Table 6). Plain nets, which the paper shows as curves only,
+from reproductions: github.com/nabla0001/resnet (mean of 5 runs of 64k iterations) and
+github.com/a-martyn/resnet (best epoch). PreAct-110: He et al. 2016, "Identity Mappings in Deep
+Residual Networks", Table 3.
 """
 
 from __future__ import annotations

@@ -1,12 +1,5 @@
-"""The verdict: the findings of He et al. 2015, sec. 4.2, asked of a study's final values.
-
-Each finding is one check: does plain training (and test) error rise with depth (the
-degradation problem), does residual training and test error not rise, does each ResNet beat its
-plain twin. The final values are the last evaluation, averaged over completed seeds. Each check
-says how many seeds stand on each side and whether the difference exceeds the seed noise
-(Welch's t-test). A check whose networks have unfinished, failed or diverged seeds is
-"not tested".
-"""
+"""The verdict: the findings of He et al. 2015, sec. 4.2, asked of a study's final errors (the
+last evaluation, averaged over completed seeds), each against the seed noise (``judge``)."""
 
 from __future__ import annotations
 

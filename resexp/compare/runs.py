@@ -1,0 +1,342 @@
+"""A study's runs as compare sees them (read through ``resexp.rundir.RunDir``), and grouping
+them into networks."""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from resexp.compare.references import GRID_DEPTHS, REFERENCES, Reference
+from resexp.errors import ResexpError
+from resexp.rundir import RunDir, run_dirs
+
+
+@dataclass
+class Run:
+    """One training run as found on disk."""
+
+    path: Path
+    arch: str  # the folder name: plain-56, resnet-56, preact-110, plain-preact-110, ...
+    depth: int
+    residual: bool
+    block: str
+    shortcut: str
+    seed: int
+    status: str  # completed | diverged | failed | interrupted | partial (no summary.json yet)
+    rows: list[dict] = field(repr=False)
+    summary: dict | None = field(repr=False)
+    params: int | None = None
+    planned_iterations: int | None = None
+    data: str | None = None
+    data_identity: dict | None = field(default=None, repr=False)  # summary.json's, if recorded
+
+    @property
+    def original_cifar10(self) -> bool:
+        """Whether the run trained and tested on torchvision's original CIFAR-10, whole: the
+        data He et al. report on. Runs that predate the recorded identity are judged by their
+        data description, which names the loader."""
+        if self.data_identity:
+            ident = self.data_identity
+            return ident.get("source") == "cifar10" and not ident.get("subset_or_split")
+        text = self.data or ""
+        return text.startswith("CIFAR-10 (torchvision)") and "(" not in text.split(":", 1)[-1]
+
+    @property
+    def name(self) -> str:
+        return f"{self.arch}/{self.path.name}"
+
+    @property
+    def curve(self) -> list[dict]:
+        """The evaluations with finite errors (a diverged run's last rows may hold NaN)."""
+        return [
+            r for r in self.rows if _finite(r.get("train_error")) and _finite(r.get("test_error"))
+        ]
+
+    @property
+    def train_curve(self) -> list[dict]:
+        """Every row with a finite training error: the training-log points between evaluations
+        (``schedule.log_every``) and the evaluations themselves."""
+        return [r for r in self.rows if _finite(r.get("train_error"))]
+
+    @property
+    def final(self) -> dict | None:
+        """The last evaluation: iteration, train_error, test_error (%); None if there is none."""
+        curve = self.curve
+        if curve:
+            return curve[-1]
+        s = self.summary or {}
+        if _finite(s.get("train_error")) and _finite(s.get("test_error")):
+            keys = ("train_error", "test_error")
+            return {"iteration": s.get("iterations") or 0, **{k: s[k] for k in keys}}
+        return None
+
+    @property
+    def iterations(self) -> int:
+        final = self.final
+        return int(final["iteration"]) if final else 0
+
+    @property
+    def usable(self) -> bool:
+        """Whether its numbers may count: not diverged or failed, and evaluated at least once."""
+        return self.status not in ("diverged", "failed") and self.final is not None
+
+    def describe(self) -> str:
+        """One line: what state the run is in, and how far it got."""
+        planned = f" of {self.planned_iterations:,}" if self.planned_iterations else ""
+        what = self.status
+        if what == "partial":
+            what = "partial (no summary.json: still running, or stopped before the end)"
+        return f"{self.name}: {what}, at iteration {self.iterations:,}{planned}"
+
+
+def find_study(root: Path = Path("outputs")) -> Path:
+    """The study under ``root`` whose runs changed most recently."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ResexpError(
+            f"{root} does not exist: train some runs first (`resexp sweep` runs the whole "
+            "study), or name the study folder to compare."
+        )
+    latest: tuple[float, Path] | None = None
+    for study in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        times = [_mtime(run) for run in _with_curves(study)]
+        if times and (latest is None or max(times) > latest[0]):
+            latest = (max(times), study)
+    if latest is None:
+        raise ResexpError(
+            f"no study under {root}: expected runs at {root}/<study>/<arch>-<depth>/seed<k>/ "
+            "with a metrics.jsonl. Train some first (`resexp sweep` runs the whole study), or "
+            "name the study folder to compare."
+        )
+    return latest[1]
+
+
+def _with_curves(study: Path) -> list[RunDir]:
+    """The run folders of a study that hold metrics or a summary."""
+    return [run for run in run_dirs(study) if run.has_curves()]
+
+
+def load_run(path: Path) -> Run:
+    """Read one run folder; settings come from summary.json, else config.yaml, else the names."""
+    folder = RunDir(path)
+    summary, config = folder.read_summary(), folder.read_config()
+
+    def setting(key: str, default):
+        for source in (summary, config):
+            if source and source.get(key) is not None:
+                return source[key]
+        return default
+
+    arch = path.parent.name
+    name_depth = re.search(r"-?(\d+)(?=$|-)", arch)  # plain-56, resnet50, resnet50-imagenet-stem
+    depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
+    residual = bool(setting("residual", not arch.startswith("plain")))
+    family = family_of(arch, depth)
+    block = str(
+        setting("block", "basic" if family in ("plain", "resnet") else family.split("-")[-1])
+    )
+    shortcut = str(setting("shortcut", "A"))
+    net_family, stem = str(setting("family", "cifar")), str(setting("stem", "cifar"))
+    schedule = (config or {}).get("schedule") or {}
+    planned = (summary or {}).get("planned_iterations") or schedule.get("iterations")
+    data = (summary or {}).get("data") or ((config or {}).get("data") or {}).get("source")
+    params = (summary or {}).get("params") or _count_parameters(
+        depth, residual, shortcut, block, net_family, stem
+    )
+    return Run(
+        path=path,
+        arch=arch,
+        depth=depth,
+        residual=residual,
+        block=block,
+        shortcut=shortcut,
+        seed=int(setting("seed", int(path.name[4:]))),
+        status=str(summary.get("status", "completed")) if summary else "partial",
+        rows=folder.read_metrics(),
+        summary=summary,
+        params=params,
+        planned_iterations=int(planned) if planned else None,
+        data=str(data) if data else None,
+        data_identity=(summary or {}).get("data_identity"),
+    )
+
+
+def load_runs(study: Path) -> list[Run]:
+    """Every run of a study, sorted by network and seed."""
+    study = Path(study)
+    if not study.is_dir():
+        raise ResexpError(f"{study} is not a folder: name a study folder, e.g. outputs/degradation")
+    runs = [load_run(run.path) for run in _with_curves(study)]
+    if not runs:
+        hint = ""
+        if RunDir(study).has_curves():
+            hint = f" {study} is a run folder; its study is {study.parent.parent}."
+        elif any(_with_curves(p) for p in study.iterdir() if p.is_dir()):
+            names = ", ".join(sorted(p.name for p in study.iterdir() if _with_curves(p)))
+            hint = f" {study} holds studies ({names}): name one of them."
+        raise ResexpError(
+            f"no runs in {study}: expected {study}/<arch>-<depth>/seed<k>/metrics.jsonl.{hint}"
+        )
+    return runs
+
+
+def _count_parameters(
+    depth: int, residual: bool, shortcut: str, block: str, family: str, stem: str
+) -> int | None:
+    """Parameters of a network without a summary.json yet (a run still in progress)."""
+    try:
+        from resexp.models import build_model, count_parameters
+
+        model = build_model(depth, residual, shortcut, block, family=family, stem=stem)
+        return count_parameters(model)
+    except Exception:
+        return None
+
+
+def family_of(arch: str, depth: int) -> str:
+    """The arch name without its depth: plain-56 -> plain, resnet50 -> resnet,
+    plain-bottleneck-164 -> plain-bottleneck, resnet50-imagenet-stem -> resnet-imagenet-stem."""
+    return re.sub(rf"-?{depth}(?=$|-)", "", arch, count=1)
+
+
+def _mtime(run: RunDir) -> float:
+    times = [f.stat().st_mtime for f in (run.metrics_file, run.summary_file) if f.exists()]
+    return max(times, default=0.0)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# Networks: the runs grouped by architecture, their final errors over seeds (no reading below).
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (None for one value) and count."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat | None:
+        if not values:
+            return None
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return cls(statistics.fmean(values), std, len(values))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f}" if self.std is None else f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+@dataclass
+class Network:
+    """One row of the results: an architecture and depth, over its seeds."""
+
+    arch: str
+    family: str  # the arch without its depth: plain, resnet, preact, plain-preact, ...
+    depth: int
+    residual: bool
+    block: str
+    runs: list[Run] = field(repr=False)  # every run found
+    used: list[Run] = field(repr=False)  # the runs behind the numbers and the curves
+    train_error: Stat | None = None
+    test_error: Stat | None = None
+    reference: Reference | None = None
+
+    @property
+    def label(self) -> str:
+        """The paper's name: plain-20, ResNet-20 (PreAct-110, Highway-20 for the variants)."""
+        pretty = {"resnet": "ResNet", "preact": "PreAct", "highway": "Highway"}
+        return f"{pretty.get(self.family, self.family)}-{self.depth}"
+
+    @property
+    def preliminary(self) -> bool:
+        """True when the numbers come from runs that have not finished."""
+        return any(r.status != "completed" for r in self.used)
+
+    @property
+    def params(self) -> int | None:
+        return next((r.params for r in self.runs if r.params), None)
+
+    @property
+    def iterations(self) -> list[int]:
+        return sorted({r.iterations for r in self.used})
+
+    @property
+    def status_counts(self) -> str:
+        """Its runs counted by state: '1 completed, 1 partial'."""
+        return _count_statuses(self.runs)
+
+    @property
+    def unfinished_counts(self) -> str:
+        """Its runs that have not completed, counted by state: '1 diverged' ('' for none)."""
+        return _count_statuses([r for r in self.runs if r.status != "completed"])
+
+    @property
+    def twin(self) -> str:
+        """The plain network of the same depth and block (a plain net is its own twin)."""
+        if not self.residual:
+            return self.arch
+        if re.match(r"resnet\d", self.arch):  # the ImageNet family: resnet50 -> plain50
+            return "plain" + self.arch.removeprefix("resnet")
+        return (
+            f"plain-{self.depth}" if self.block == "basic" else f"plain-{self.block}-{self.depth}"
+        )
+
+
+def group_networks(runs: list[Run]) -> list[Network]:
+    """One Network per architecture: plain nets first, then residual ones, by depth.
+
+    A network's numbers come from its completed runs; when none has completed yet, from the
+    latest values of its runs in progress (the network is then ``preliminary``). Diverged and
+    failed runs never count.
+    """
+    by_arch: dict[str, list[Run]] = {}
+    for run in runs:
+        by_arch.setdefault(run.arch, []).append(run)
+    networks = []
+    for arch, group in by_arch.items():
+        first = group[0]
+        usable = [r for r in group if r.usable]
+        used = [r for r in usable if r.status == "completed"] or usable
+        networks.append(
+            Network(
+                arch=arch,
+                family=family_of(arch, first.depth),
+                depth=first.depth,
+                residual=first.residual,
+                block=first.block,
+                runs=group,
+                used=used,
+                train_error=Stat.of([r.final["train_error"] for r in used]),
+                test_error=Stat.of([r.final["test_error"] for r in used]),
+                reference=REFERENCES.get(arch),
+            )
+        )
+
+    def order(n: Network) -> tuple:  # plain or ResNet first in its half, then other families
+        return (n.residual, n.family != ("resnet" if n.residual else "plain"), n.family, n.depth)
+
+    return sorted(networks, key=order)
+
+
+def missing_networks(networks: list[Network]) -> list[str]:
+    """Networks of Figure 6's grid (20/32/44/56 x plain/ResNet) without any run.
+
+    Only asked of studies that hold part of that grid, so a study of other depths or blocks is
+    not told it lacks plain-20.
+    """
+    have = {n.arch for n in networks}
+    grid = [f"{family}-{d}" for family in ("plain", "resnet") for d in GRID_DEPTHS]
+    if not have & set(grid):
+        return []
+    return [arch for arch in grid if arch not in have]
+
+
+def _count_statuses(runs: list[Run]) -> str:
+    counts = Counter(r.status for r in runs)
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))

@@ -24,9 +24,10 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -37,18 +38,8 @@ from resexp.config import DataConfig, ScheduleConfig, arch_name
 from resexp.data import ImageData, TrainBatches, load_data, mean_std
 from resexp.errors import ConfigError
 from resexp.models import build_model, count_parameters
-from resexp.train import (
-    Counters,
-    autocast_dtype,
-    compile_for,
-    evaluate,
-    lr_at,
-    make_optimizer,
-    memory_format_for,
-    select_device,
-    set_lr,
-    train_step,
-)
+from resexp.runtime import Runtime, resolve
+from resexp.train import Counters, evaluate, lr_at, make_optimizer, set_lr, train_step
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -144,25 +135,13 @@ class _Ours:
     """resexp's training loop, cut into timed blocks of steps."""
 
     def __init__(
-        self,
-        depth: int,
-        residual: bool,
-        data: ImageData,
-        device: torch.device,
-        batch_size: int,
-        amp_dtype: torch.dtype | None,
-        memory_format: torch.memory_format,
-        compile: str,
+        self, depth: int, residual: bool, data: ImageData, runtime: Runtime, batch_size: int
     ) -> None:
         torch.manual_seed(0)
-        self.device = device
-        self.amp_dtype = amp_dtype
-        self.memory_format = memory_format
-        self.model = build_model(depth, residual).to(device=device, memory_format=memory_format)
-        self.step_model = self.model
-        if compile != "none":
-            mode = None if compile == "default" else compile
-            self.step_model = torch.compile(self.model, mode=mode)
+        self.runtime = runtime
+        self.device = device = runtime.device
+        self.model = build_model(depth, residual)
+        self.step_model = runtime.prepare(self.model)
         self.data = data.to(device)
         self.mean, self.std = mean_std(self.data.train_x, "pixel_mean")
         self.schedule = OmegaConf.structured(ScheduleConfig(batch_size=batch_size))
@@ -176,7 +155,7 @@ class _Ours:
             self.mean,
             self.std,
             generator,
-            memory_format=memory_format,
+            memory_format=runtime.memory_format,
         )
         self.counters = Counters(device)
         self.iteration = 0
@@ -202,7 +181,7 @@ class _Ours:
                 t = time.perf_counter()
                 x, y = self.batches.next()
                 data_time += time.perf_counter() - t
-            loss, wrong = train_step(self.step_model, self.optimizer, x, y, self.amp_dtype)
+            loss, wrong = train_step(self.step_model, self.optimizer, x, y, self.runtime)
             self.counters.add(self.iteration, loss, wrong, len(y))
             self.iteration += 1
             if not cuda:
@@ -224,8 +203,8 @@ class _Ours:
             self.mean,
             self.std,
             self.schedule.eval_batch_size,
-            self.amp_dtype,
-            self.memory_format,
+            self.runtime.dtype,
+            self.runtime.memory_format,
         )
         _sync(self.device)
         return time.perf_counter() - start
@@ -413,22 +392,22 @@ def bench(
         raise ConfigError(str(e)) from None
     if eval_images < 1 or eval_batch_size < 0:
         raise ConfigError("eval_images must be at least 1, eval_batch_size at least 0")
-    dev = select_device(device)
-    amp_dtype = autocast_dtype(precision, dev)
-    memory_format = memory_format_for(channels_last, dev)
-    if compile == "auto":  # as train.fit decides for the paper's 64k-iteration run
-        paper_run = ScheduleConfig().iterations
-        compile = "default" if compile_for("auto", dev, paper_run) else "none"
+    # compile=auto decides as train.fit does for the paper's run (64k iterations, sec. 4.2).
+    wanted = SimpleNamespace(device=device, precision=precision, channels_last=channels_last,
+                             compile={"auto": "auto", "none": "false"}.get(compile, "true"),
+                             threads=threads)  # fmt: skip
+    runtime = resolve(wanted, iterations=ScheduleConfig().iterations)
+    if compile == "auto":
+        compile = "default" if runtime.compile else "none"
+    runtime = replace(runtime, compile_mode=None if compile in ("none", "default") else compile)
     images = _load(data, data_root, eval_images)
     if not 0 < batch_size <= len(images.train_y):
         raise ConfigError(f"batch_size must be between 1 and {len(images.train_y)} (the images)")
 
     threads_before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)  # both loops run with it; restored at the end
     try:
-        blocks = _split(iterations, rounds)
-        return _measure(options, images, dev, amp_dtype, memory_format, compile, blocks)
+        runtime.apply()  # as train.fit: both loops run with its threads; restored at the end
+        return _measure(options, images, runtime, compile, _split(iterations, rounds))
     finally:
         torch.set_num_threads(threads_before)
 
@@ -436,22 +415,20 @@ def bench(
 def _measure(
     options: dict[str, Any],
     images: ImageData,
-    dev: torch.device,
-    amp_dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
+    runtime: Runtime,
     compile: str,
     blocks: list[int],
 ) -> dict[str, Any]:
     depth, residual, batch_size = options["depth"], options["residual"], options["batch_size"]
     warmup = options["warmup"]
+    dev = runtime.device
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as train.fit
         torch.cuda.reset_peak_memory_stats(dev)
     load_before = _load_average()
     started = datetime.now(timezone.utc)
 
     # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
-    ours = _Ours(depth, residual, images, dev, batch_size, amp_dtype, memory_format, compile)
+    ours = _Ours(depth, residual, images, runtime, batch_size)
     if options["eval_batch_size"]:
         ours.schedule.eval_batch_size = options["eval_batch_size"]
     first_step_s = ours.steps(1).wall_s
@@ -498,8 +475,8 @@ def _measure(
             "data": images.description,
         },
         "resexp": {
-            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-            "channels_last": memory_format == torch.channels_last,
+            "precision": runtime.precision,
+            "channels_last": runtime.channels_last,
             "compile": compile,
             **_rates(ours_times, batch_size),
             "eval_images_per_s": len(images.test_y) / ours_eval_s,

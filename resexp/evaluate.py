@@ -570,7 +570,7 @@ def evaluate_path(
     config ``cfg`` (the device, the data, the evaluation batch) and the command line's
     ``overrides`` (architecture keys there are claims about the weights, or a study's filter).
     Writes each evaluation's JSON and PNG; returns them, in order."""
-    from resexp.train import memory_format_for, select_device
+    from resexp.runtime import memory_format_for, select_device
 
     path = Path(path)
     if not path.exists():

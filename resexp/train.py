@@ -33,6 +33,7 @@ from resexp.config import num_classes
 from resexp.data import ImageData, TrainBatches, eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
+from resexp.runtime import Runtime, compile_for, resolve
 from resexp.tracking import (
     Progress,
     Tracker,
@@ -59,98 +60,7 @@ HARMLESS_KEYS = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Device, precision, seeds
-
-
-def select_device(name: str) -> torch.device:
-    """``auto``: CUDA, else Apple's MPS, else the CPU; any other name is checked, not trusted."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name} was asked for, but this machine has no usable CUDA device "
-            f"(torch {torch.__version__}). Use device=auto or device=cpu."
-        )
-    if (
-        device.type == "cuda"
-        and device.index is not None
-        and device.index >= torch.cuda.device_count()
-    ):
-        raise ConfigError(f"device={name}: there are only {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps was asked for, but MPS is not available here")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16
-    convolutions are faster than fp32 ones; elsewhere bf16 is emulated and slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32.
-
-    ``auto`` means bf16 on CUDA and on CPUs with native bf16, chosen by measurement: on a 2-core
-    AMD EPYC (AVX512-BF16) bf16 autocast trains ResNet-20 about 1.7x faster than fp32, and short
-    runs on CIFAR-10 reach the same test error in either (README, "Speed"). Weights, gradients,
-    optimizer state and the loss stay fp32; only convolutions and the linear layer run in bf16.
-    """
-    if precision == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    raise ConfigError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-
-
-def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
-    """``channels_last``: ``true``/``false``, or ``auto``: on CUDA and on the CPU (oneDNN), where
-    it measured faster (CPU, ResNet-20: 1.1x to 1.5x in fp32); not on MPS. Hydra hands a bare
-    ``true`` over as ``True``, so case does not matter."""
-    option = str(option).lower()
-    if option not in ("auto", "true", "false"):
-        raise ConfigError(f"channels_last must be auto, true or false, not {option!r}")
-    if option == "true" or (option == "auto" and device.type in ("cuda", "cpu")):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-# torch.compile pays on the CPU only over a long run: compiling takes about 60 s (ResNet-20) to
-# 80 s (ResNet-56) on 2 cores, after which bf16 training runs about 19% (ResNet-20) or 9%
-# (ResNet-56) more images per second (benchmarks/NOTES.md): it breaks even near 2000 iterations.
-COMPILE_MIN_ITERATIONS = 2000
-
-
-def compile_for(option: str, device: torch.device, iterations: int) -> bool:
-    """``compile``: ``true``/``false``, or ``auto``: on the CPU for runs of at least
-    COMPILE_MIN_ITERATIONS iterations, where a C++ compiler is found (Inductor's CPU code needs
-    one). Not on CUDA or MPS yet: unmeasured there."""
-    option = str(option).lower()
-    if option not in ("auto", "true", "false"):
-        raise ConfigError(f"compile must be auto, true or false, not {option!r}")
-    if option != "auto":
-        return option == "true"
-    return (
-        device.type == "cpu" and iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
-    )
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler Inductor would use (``$CXX``, else g++, c++ or clang++ on the PATH)."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
-    return next((path for name in names if (path := shutil.which(name))), None)
+# Seeds
 
 
 def seed_everything(seed: int) -> None:
@@ -228,10 +138,10 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    amp_dtype: torch.dtype | None,
+    runtime: Runtime,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns the batch's mean loss and its number of errors, on the device."""
-    with _autocast(x.device, amp_dtype):
+    with runtime.autocast():
         out = model(x)
         loss = F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
@@ -280,12 +190,6 @@ def evaluate(
         model.train(was_training)
     n = len(y)
     return 100.0 * errors.item() / n, loss.item() / n
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,13 +421,8 @@ def fit(cfg: DictConfig) -> dict:
 
     validate(cfg)
     run_dir = Path(cfg.run_dir)
-    device = select_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    memory_format = memory_format_for(cfg.channels_last, device)
+    runtime = resolve(cfg, iterations=cfg.schedule.iterations)
+    runtime.apply()
 
     # A bad architecture is refused before anything is written.
     try:
@@ -550,9 +449,13 @@ def fit(cfg: DictConfig) -> dict:
                 log.info("restart=true: the previous run is kept in %s", kept)
             log.info("data: %s", data.description)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-            model = model.to(device=device, memory_format=memory_format)
+            step_model = runtime.prepare(model)  # model itself, or its compiled wrapper
+            if runtime.compile:
+                log.info(
+                    "torch.compile: the first step and first evaluation compile (a minute or two)"
+                )
             guard.check()
-            return _train(cfg, run_dir, model, data, state, guard, device, amp_dtype, memory_format)
+            return _train(cfg, run_dir, model, step_model, data, state, guard, runtime)
 
 
 @contextlib.contextmanager
@@ -576,20 +479,16 @@ def _train(
     cfg: DictConfig,
     run_dir: Path,
     model: torch.nn.Module,
+    step_model: torch.nn.Module,
     data: ImageData,
     state: dict | None,
     guard: SignalGuard,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
+    runtime: Runtime,
 ) -> dict:
+    device, amp_dtype, memory_format = runtime.device, runtime.dtype, runtime.memory_format
     data = data.to(device)
     mean, std = mean_std(data.train_x, cfg.data.normalize)
     sched = cfg.schedule
-    compiled = compile_for(cfg.compile, device, sched.iterations)
-    if compiled:
-        log.info("torch.compile: the first step and first evaluation compile (a minute or two)")
-    step_model = torch.compile(model) if compiled else model
     optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
@@ -623,26 +522,23 @@ def _train(
         "from_iteration": iteration,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "channels_last": memory_format == torch.channels_last,
-        "compiled": compiled,
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+        "compiled": runtime.compile,
         "threads": torch.get_num_threads(),
         "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
     }]  # fmt: skip
 
     label = f"{run_dir.parent.name}/{run_dir.name}"
     log.info(
-        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s (%s%s%s)",
+        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s",
         label,
         cfg.depth,
         "residual" if cfg.residual else "plain",
         count_parameters(model),
         sched.iterations,
         sched.batch_size,
-        device,
-        str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        ", channels_last" if memory_format == torch.channels_last else "",
-        ", torch.compile" if compiled else "",
+        runtime.describe(),
     )
     hparams = {"depth": cfg.depth, "residual": cfg.residual, "block": cfg.block,
                "shortcut": cfg.shortcut, "seed": cfg.seed, "arch": run_dir.parent.name}  # fmt: skip
@@ -727,7 +623,7 @@ def _train(
             lr = lr_at(iteration, sched, warming_up)
             set_lr(optimizer, lr)
             x, y = batches.next()
-            loss, wrong = train_step(step_model, optimizer, x, y, amp_dtype)
+            loss, wrong = train_step(step_model, optimizer, x, y, runtime)
             counters.add(iteration, loss, wrong, len(y))
             iteration += 1
             if cfg.log_gradients_every and iteration % cfg.log_gradients_every == 0:

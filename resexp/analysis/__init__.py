@@ -129,7 +129,7 @@ def analyze(
     as strings (``"21"``, ``"true"``, ``"2,4,8"``) and are converted to the default's type.
     Raises ResexpError for an unknown analysis or option, or a target without runs.
     """
-    from resexp.train import select_device
+    from resexp.runtime import select_device
 
     if name not in ANALYSES:
         raise ResexpError(

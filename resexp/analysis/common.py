@@ -25,6 +25,7 @@ from torch import Tensor
 from resexp.config import arch_name
 from resexp.errors import ResexpError
 from resexp.models import CifarResNet, build_model
+from resexp.runtime import Runtime
 from resexp.tracking import (
     CHECKPOINT,
     PREVIOUS_CHECKPOINT,
@@ -150,14 +151,14 @@ class Run:
                 log.warning("skipping unreadable checkpoint %s (%s)", path, type(e).__name__)
         return sorted(found.items())
 
-    def trained(self, device: torch.device) -> tuple[CifarResNet, int]:
+    def trained(self, runtime: Runtime) -> tuple[CifarResNet, int]:
         """The network with its latest readable checkpoint, in eval mode, and that iteration."""
         state = load_checkpoint(self.path)
         if state is None:
             raise ResexpError(f"{self.path} has no checkpoint; train it first")
         model = self.build()
         model.load_state_dict(state["model"])
-        return model.to(device).eval(), int(state["iteration"])
+        return runtime.prepare(model).eval(), int(state["iteration"])
 
 
 def _read_config(run_dir: Path) -> dict | None:
@@ -318,7 +319,7 @@ class DataCache:
 class Settings:
     """The settings every analysis takes: where it runs and how many images it looks at."""
 
-    device: torch.device
+    runtime: Runtime  # fp32, eager, contiguous: measurements, not speed
     images: int | None  # test images (the first ones); None or 0: all of them
     batch_size: int
     data: DataCache

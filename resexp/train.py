@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -455,7 +456,7 @@ def fit(cfg: DictConfig) -> dict:
                     "torch.compile: the first step and first evaluation compile (a minute or two)"
                 )
             guard.check()
-            return _train(cfg, run_dir, model, step_model, data, state, guard, runtime)
+            return _train(_setup(cfg, run_dir, runtime, model, step_model, data, state), guard)
 
 
 @contextlib.contextmanager
@@ -475,37 +476,71 @@ def log_to_file(path: Path):
         handler.close()
 
 
-def _train(
+@dataclass
+class Training:
+    """A run in progress: what the loop works with and advances, and what a checkpoint keeps."""
+
+    cfg: DictConfig
+    run_dir: Path
+    runtime: Runtime
+    model: torch.nn.Module  # saved and inspected
+    step_model: torch.nn.Module  # called: ``model``, or its compiled wrapper
+    data: ImageData  # on the device
+    mean: torch.Tensor
+    std: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    batches: TrainBatches
+    counters: Counters
+    tracker: Tracker
+    progress: Progress
+    segments: list[dict]  # how each stretch of the run executed (see _setup)
+    iteration: int  # steps taken
+    lr: float  # the latest step's, reported at evaluations
+    warming_up: bool
+    eval_pending: bool  # an evaluation is due before the next step
+    wall_before: float  # seconds spent in the run's earlier segments
+    t0: float = field(default_factory=time.perf_counter)
+    train_time: float = 0.0  # since the last evaluation: seconds spent training, images seen
+    images: int = 0
+    tick: float = field(default_factory=time.perf_counter)
+
+    @property
+    def label(self) -> str:
+        return f"{self.run_dir.parent.name}/{self.run_dir.name}"
+
+    def wall(self) -> float:
+        """Seconds since the run first started, earlier segments included."""
+        return self.wall_before + time.perf_counter() - self.t0
+
+    def log(self, row: dict) -> None:
+        """One metrics row: metrics.jsonl, TensorBoard and the progress display."""
+        self.tracker.log_row(row)
+        self.progress.report(row)
+
+
+def _setup(
     cfg: DictConfig,
     run_dir: Path,
+    runtime: Runtime,
     model: torch.nn.Module,
     step_model: torch.nn.Module,
     data: ImageData,
     state: dict | None,
-    guard: SignalGuard,
-    runtime: Runtime,
-) -> dict:
-    device, amp_dtype, memory_format = runtime.device, runtime.dtype, runtime.memory_format
+) -> Training:
+    """The run's data on the device, optimizer, batches, counters, metrics and progress: fresh,
+    or exactly as the checkpoint ``state`` left them."""
+    sched, device = cfg.schedule, runtime.device
     data = data.to(device)
     mean, std = mean_std(data.train_x, cfg.data.normalize)
-    sched = cfg.schedule
     optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
     generator = torch.Generator(device=device)
     generator.manual_seed(cfg.seed)
-    batches = TrainBatches(
-        data.train_x,
-        data.train_y,
-        sched.batch_size,
-        mean,
-        std,
-        generator,
-        memory_format=memory_format,
-    )
+    batches = TrainBatches(data.train_x, data.train_y, sched.batch_size, mean, std, generator,
+                           memory_format=runtime.memory_format)  # fmt: skip
     counters = Counters(device)
-
     iteration, history, wall_before, eval_pending = 0, [], 0.0, False
     warming_up = bool(sched.warmup.enabled)
-    lr = lr_at(0, sched, warming_up)  # the lr of the latest step, reported at evaluations
+    lr = lr_at(0, sched, warming_up)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -528,155 +563,157 @@ def _train(
         "threads": torch.get_num_threads(),
         "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
     }]  # fmt: skip
-
     label = f"{run_dir.parent.name}/{run_dir.name}"
-    log.info(
-        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s",
-        label,
-        cfg.depth,
-        "residual" if cfg.residual else "plain",
-        count_parameters(model),
-        sched.iterations,
-        sched.batch_size,
-        runtime.describe(),
-    )
+    log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", label, cfg.depth,
+             "residual" if cfg.residual else "plain", count_parameters(model), sched.iterations,
+             sched.batch_size, runtime.describe())  # fmt: skip
     hparams = {"depth": cfg.depth, "residual": cfg.residual, "block": cfg.block,
                "shortcut": cfg.shortcut, "seed": cfg.seed, "arch": run_dir.parent.name}  # fmt: skip
-    tracker = Tracker(run_dir, history, hparams)
-    progress = Progress(label, sched.iterations, iteration, cfg.progress)
-    t0 = time.perf_counter()
+    return Training(
+        cfg=cfg, run_dir=run_dir, runtime=runtime, model=model, step_model=step_model, data=data,
+        mean=mean, std=std, optimizer=optimizer, batches=batches, counters=counters,
+        tracker=Tracker(run_dir, history, hparams),
+        progress=Progress(label, sched.iterations, iteration, cfg.progress),
+        segments=segments, iteration=iteration, lr=lr, warming_up=warming_up,
+        eval_pending=eval_pending, wall_before=wall_before,
+    )  # fmt: skip
 
-    def checkpoint(pending: bool) -> None:
-        try:
-            save_checkpoint(
-                run_dir,
-                {
-                    "iteration": iteration,
-                    "eval_pending": pending,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "batches": batches.state_dict(),
-                    "counters": counters.state_dict(),
-                    "random": random_states(),
-                    "metrics": tracker.rows,
-                    "warming_up": warming_up,
-                    "lr": lr,
-                    "wall_seconds": wall_before + time.perf_counter() - t0,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                    "segments": segments,
-                },
-            )
-        except OSError as e:
-            raise ResexpError(
-                f"could not write a checkpoint in {run_dir} ({e.strerror or e}); the previous "
-                "checkpoint is intact. Free some disk space and run the same command to resume."
-            ) from None
 
+def _train(run: Training, guard: SignalGuard) -> dict:
+    """Run the loop to its end, or to a stop request (saving a checkpoint first); write
+    summary.json unless the run crashed; return it."""
     status, diverged_at = "completed", None
-    train_time, images, tick = 0.0, 0, time.perf_counter()
-    model.train()
+    run.model.train()
     try:
-        while True:
-            if eval_pending:  # the end of an evaluation interval (or of the run)
-                train_time += time.perf_counter() - tick
-                bad_at = int(counters.bad_at.item())
-                if bad_at >= 0:
-                    status, diverged_at = "diverged", bad_at + 1
-                    log.error(
-                        "%s: the training loss is not finite at iteration %d; stopping "
-                        "(status diverged). The last good checkpoint is kept.",
-                        label,
-                        diverged_at,
-                    )
-                    break
-                train_error, train_loss = counters.take_train()
-                test_error, test_loss = evaluate(
-                    step_model,
-                    data.test_x,
-                    data.test_y,
-                    mean,
-                    std,
-                    sched.eval_batch_size,
-                    amp_dtype,
-                    memory_format,
-                    should_stop=guard.check,
-                )
-                row = {
-                    "iteration": iteration,
-                    "train_error": train_error,
-                    "train_loss": train_loss,
-                    "test_error": test_error,
-                    "test_loss": test_loss,
-                    "lr": lr,
-                    "images_per_second": images / max(train_time, 1e-9) if images else None,
-                    "wall_seconds": wall_before + time.perf_counter() - t0,
-                }
-                tracker.log_row(row)
-                progress.report(row)
-                eval_pending = False
-                checkpoint(pending=False)
-                train_time, images, tick = 0.0, 0, time.perf_counter()
-            if iteration >= sched.iterations:
-                break
-            guard.check()
-
-            lr = lr_at(iteration, sched, warming_up)
-            set_lr(optimizer, lr)
-            x, y = batches.next()
-            loss, wrong = train_step(step_model, optimizer, x, y, runtime)
-            counters.add(iteration, loss, wrong, len(y))
-            iteration += 1
-            if cfg.log_gradients_every and iteration % cfg.log_gradients_every == 0:
-                log_gradient_stats(tracker.writer, model, iteration)  # reads the host once
-            images += len(y)
-            if warming_up and iteration % sched.warmup.check_every == 0:
-                warm_error = counters.take_warmup()
-                if warm_error < sched.warmup.until_train_error or (
-                    iteration >= sched.warmup.max_iterations
-                ):
-                    warming_up = False
-                    log.info(
-                        "warm-up over at iteration %d (training error %.1f%%): lr %g",
-                        iteration,
-                        warm_error,
-                        sched.lr,
-                    )
-            progress.advance(iteration)
-            eval_pending = iteration % sched.eval_every == 0 or iteration == sched.iterations
-            if sched.log_every and iteration % sched.log_every == 0 and not eval_pending:
-                train_error, train_loss = counters.take_train()
-                row = {"iteration": iteration, "train_error": train_error,
-                       "train_loss": train_loss, "lr": lr,
-                       "wall_seconds": wall_before + time.perf_counter() - t0}  # fmt: skip
-                tracker.log_row(row)
-                progress.report(row)
+        diverged_at = _loop(run, guard)
+        status = "completed" if diverged_at is None else "diverged"
     except StopRequested:
         # Between two steps, or inside an evaluation: the counters and the data order are
         # exactly where they were, so the checkpoint resumes bit for bit.
-        checkpoint(pending=eval_pending)
+        _checkpoint(run, pending=run.eval_pending)
         status = "interrupted"
         raise
     finally:
-        progress.close()
-        ended = status != "completed" or iteration >= sched.iterations  # else: a crash
-        tracker.close(status if ended else None)
+        run.progress.close()
+        ended = status != "completed" or run.iteration >= run.cfg.schedule.iterations
+        run.tracker.close(status if ended else None)  # not ended: a crash
         if ended:
-            _write_summary(
-                cfg,
-                run_dir,
-                model,
-                data,
-                device,
-                amp_dtype,
-                memory_format,
-                tracker.rows,
-                status,
-                diverged_at,
-                wall_before + time.perf_counter() - t0,
-                iteration,
-                segments,
-            )
-    return read_json(run_dir / "summary.json")
+            rt = run.runtime
+            _write_summary(run.cfg, run.run_dir, run.model, run.data, rt.device, rt.dtype,
+                           rt.memory_format, run.tracker.rows, status, diverged_at, run.wall(),
+                           run.iteration, run.segments)  # fmt: skip
+    return read_json(run.run_dir / "summary.json")
+
+
+def _loop(run: Training, guard: SignalGuard) -> int | None:
+    """He et al. 2015, sec. 4.2: SGD steps at lr 0.1, divided by 10 at 50% and 75% of the run
+    (32k and 48k of 64k iterations; ResNet-110 warms up at 0.01 first); the whole test set
+    evaluated every ``eval_every`` iterations and at the end, each evaluation checkpointed.
+
+    Returns None once every iteration ran, or the iteration where the loss stopped being finite.
+    Raises StopRequested (SIGTERM/SIGINT) between steps or inside an evaluation.
+    """
+    sched, gradients_every = run.cfg.schedule, run.cfg.log_gradients_every
+    while True:
+        if run.eval_pending:  # the end of an evaluation interval, of the run, or a resumed one
+            diverged_at = _evaluate(run, guard)
+            if diverged_at is not None:
+                return diverged_at
+            _checkpoint(run, pending=False)
+            run.train_time, run.images, run.tick = 0.0, 0, time.perf_counter()
+        if run.iteration >= sched.iterations:
+            return None
+        guard.check()
+
+        run.lr = lr_at(run.iteration, sched, run.warming_up)  # warm-up, then the milestones
+        set_lr(run.optimizer, run.lr)
+        x, y = run.batches.next()
+        loss, wrong = train_step(run.step_model, run.optimizer, x, y, run.runtime)
+        run.counters.add(run.iteration, loss, wrong, len(y))  # on the device: no host sync
+        run.iteration += 1
+        run.images += len(y)
+        if gradients_every and run.iteration % gradients_every == 0:
+            log_gradient_stats(run.tracker.writer, run.model, run.iteration)  # reads the host once
+        if run.warming_up and run.iteration % sched.warmup.check_every == 0:
+            _check_warmup(run)
+        run.progress.advance(run.iteration)
+        run.eval_pending = (
+            run.iteration % sched.eval_every == 0 or run.iteration == sched.iterations
+        )
+        if sched.log_every and run.iteration % sched.log_every == 0 and not run.eval_pending:
+            _log_training_error(run)
+
+
+def _evaluate(run: Training, guard: SignalGuard) -> int | None:
+    """Log the error on the whole test set beside the training error since the last evaluation;
+    or, if the loss stopped being finite since, say so and return that iteration."""
+    run.train_time += time.perf_counter() - run.tick
+    bad_at = int(run.counters.bad_at.item())
+    if bad_at >= 0:
+        log.error(
+            "%s: the training loss is not finite at iteration %d; stopping (status diverged). "
+            "The last good checkpoint is kept.",
+            run.label,
+            bad_at + 1,
+        )
+        return bad_at + 1
+    train_error, train_loss = run.counters.take_train()
+    rt, data = run.runtime, run.data
+    test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.mean, run.std,
+                                     run.cfg.schedule.eval_batch_size, rt.dtype, rt.memory_format,
+                                     should_stop=guard.check)  # fmt: skip
+    run.log({"iteration": run.iteration, "train_error": train_error, "train_loss": train_loss,
+             "test_error": test_error, "test_loss": test_loss, "lr": run.lr,
+             "images_per_second": run.images / max(run.train_time, 1e-9) if run.images else None,
+             "wall_seconds": run.wall()})  # fmt: skip
+    run.eval_pending = False
+    return None
+
+
+def _log_training_error(run: Training) -> None:
+    """A training-error row between evaluations: Figure 6's thin curves, densely."""
+    train_error, train_loss = run.counters.take_train()
+    run.log({"iteration": run.iteration, "train_error": train_error, "train_loss": train_loss,
+             "lr": run.lr, "wall_seconds": run.wall()})  # fmt: skip
+
+
+def _check_warmup(run: Training) -> None:
+    """ResNet-110's warm-up (He et al. 2015, sec. 4.2): lr 0.01 until the training error is
+    below ``until_train_error`` (80%), then the schedule's lr; at most ``max_iterations``."""
+    warmup = run.cfg.schedule.warmup
+    warm_error = run.counters.take_warmup()
+    if warm_error < warmup.until_train_error or run.iteration >= warmup.max_iterations:
+        run.warming_up = False
+        log.info("warm-up over at iteration %d (training error %.1f%%): lr %g", run.iteration,
+                 warm_error, run.cfg.schedule.lr)  # fmt: skip
+
+
+def _checkpoint(run: Training, pending: bool) -> None:
+    """Save everything an exact resume needs: weights, optimizer, data order, counters, RNGs."""
+    try:
+        save_checkpoint(
+            run.run_dir,
+            {
+                "iteration": run.iteration,
+                "eval_pending": pending,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "batches": run.batches.state_dict(),
+                "counters": run.counters.state_dict(),
+                "random": random_states(),
+                "metrics": run.tracker.rows,
+                "warming_up": run.warming_up,
+                "lr": run.lr,
+                "wall_seconds": run.wall(),
+                "config": OmegaConf.to_container(run.cfg, resolve=True),
+                "segments": run.segments,
+            },
+        )
+    except OSError as e:
+        raise ResexpError(
+            f"could not write a checkpoint in {run.run_dir} ({e.strerror or e}); the previous "
+            "checkpoint is intact. Free some disk space and run the same command to resume."
+        ) from None
 
 
 def _write_summary(

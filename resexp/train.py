@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from resexp.config import num_classes
-from resexp.data import ImageData, TrainBatches, eval_batches, load_data, mean_std
+from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
 from resexp.runtime import Runtime, compile_for, resolve
@@ -326,7 +326,7 @@ def run_lock(run_dir: Path):
     """
     from filelock import FileLock, Timeout
 
-    new_folder = _first_missing(run_dir.parent)
+    new_folder = first_missing(run_dir.parent)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir.parent / f".{run_dir.name}.lock"
     lock = FileLock(lock_path, timeout=0)
@@ -345,15 +345,6 @@ def run_lock(run_dir: Path):
             if new_folder is not None:
                 shutil.rmtree(new_folder, ignore_errors=True)
         lock.release()
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The highest folder on the way to ``folder`` that does not exist yet (None: all do)."""
-    folder = folder.absolute()
-    missing = None
-    while not folder.exists() and folder != folder.parent:
-        missing, folder = folder, folder.parent
-    return missing
 
 
 class Counters:

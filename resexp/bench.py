@@ -54,14 +54,11 @@ BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
 # Setup: options, data, the machine
 
 
-def _check_options(
-    compile: str, channels_last: str, iterations: int, warmup: int, rounds: int, data: str
-) -> None:
+def _check_options(compile: str, iterations: int, warmup: int, rounds: int, data: str) -> None:
+    """The options only bench has; device, precision and channels_last: runtime.resolve."""
     problems = []
     if compile not in COMPILE_MODES:
         problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}")
-    if channels_last not in ("auto", "true", "false"):
-        problems.append(f"channels_last must be auto, true or false, not {channels_last!r}")
     if iterations < 1 or warmup < 1 or rounds < 1:
         problems.append("iterations, warmup and rounds must be at least 1")
     if data not in DATA_SOURCES:
@@ -385,7 +382,7 @@ def bench(
     options = dict(locals())
     if isinstance(channels_last, bool):  # a CLI flag may hand over a bool
         channels_last = options["channels_last"] = str(channels_last).lower()
-    _check_options(compile, channels_last, iterations, warmup, rounds, data)
+    _check_options(compile, iterations, warmup, rounds, data)
     try:
         build_model(depth, residual)
     except ValueError as e:

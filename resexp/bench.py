@@ -35,11 +35,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from resexp.config import DataConfig, ScheduleConfig, arch_name
-from resexp.data import ImageData, TrainBatches, load_data, mean_std
+from resexp.data import ImageData, load_data, mean_std
 from resexp.errors import ConfigError
 from resexp.models import build_model, count_parameters
 from resexp.runtime import Runtime, resolve
-from resexp.train import Counters, evaluate, lr_at, make_optimizer, set_lr, train_step
+from resexp.train import Counters, evaluate, lr_at, make_batches, make_optimizer, set_lr, train_step
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -140,20 +140,9 @@ class _Ours:
         self.model = build_model(depth, residual)
         self.step_model = runtime.prepare(self.model)
         self.data = data.to(device)
-        self.mean, self.std = mean_std(self.data.train_x, "pixel_mean")
         self.schedule = OmegaConf.structured(ScheduleConfig(batch_size=batch_size))
         self.optimizer = make_optimizer(self.model, self.schedule, fused=device.type == "cuda")
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0)
-        self.batches = TrainBatches(
-            self.data.train_x,
-            self.data.train_y,
-            batch_size,
-            self.mean,
-            self.std,
-            generator,
-            memory_format=runtime.memory_format,
-        )
+        self.batches = make_batches(self.data, batch_size, "pixel_mean", 0, runtime)
         self.counters = Counters(device)
         self.iteration = 0
         self.model.train()
@@ -193,16 +182,9 @@ class _Ours:
         """One pass over the test images the way ``fit`` evaluates; returns its wall time (s)."""
         _sync(self.device)
         start = time.perf_counter()
-        evaluate(
-            self.step_model,
-            self.data.test_x,
-            self.data.test_y,
-            self.mean,
-            self.std,
-            self.schedule.eval_batch_size,
-            self.runtime.dtype,
-            self.runtime.memory_format,
-        )
+        data, batches, runtime = self.data, self.batches, self.runtime
+        evaluate(self.step_model, data.test_x, data.test_y, batches.mean, batches.std,
+                 self.schedule.eval_batch_size, runtime.dtype, runtime.memory_format)  # fmt: skip
         _sync(self.device)
         return time.perf_counter() - start
 
@@ -410,11 +392,7 @@ def bench(
 
 
 def _measure(
-    options: dict[str, Any],
-    images: ImageData,
-    runtime: Runtime,
-    compile: str,
-    blocks: list[int],
+    options: dict[str, Any], images: ImageData, runtime: Runtime, compile: str, blocks: list[int]
 ) -> dict[str, Any]:
     depth, residual, batch_size = options["depth"], options["residual"], options["batch_size"]
     warmup = options["warmup"]

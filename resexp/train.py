@@ -21,7 +21,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import num_classes
+from resexp.config import num_classes, validate
 from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
@@ -123,6 +122,19 @@ def make_optimizer(model: torch.nn.Module, schedule: Any, fused: bool = False) -
         weight_decay=schedule.weight_decay,
         fused=fused or None,
     )
+
+
+def make_batches(
+    data: ImageData, batch_size: int, normalize: str, seed: int, runtime: Runtime
+) -> TrainBatches:
+    """Mini-batches of ``data`` (on the device) in an order drawn from ``seed``, augmented as in
+    He et al. 2015, sec. 4.2 (4-pixel padding, random crops, flips) and normalised with the
+    training images' statistics, which ``.mean`` and ``.std`` keep for the test images."""
+    mean, std = mean_std(data.train_x, normalize)
+    generator = torch.Generator(device=runtime.device)
+    generator.manual_seed(seed)
+    return TrainBatches(data.train_x, data.train_y, batch_size, mean, std, generator,
+                        memory_format=runtime.memory_format)  # fmt: skip
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -409,8 +421,6 @@ def fit(cfg: DictConfig) -> dict:
     Raises StopRequested after saving a checkpoint when SIGTERM/SIGINT arrives (the CLI exits
     with EXIT_INTERRUPTED); re-running the same config resumes, bit for bit on the CPU.
     """
-    from resexp.config import validate
-
     validate(cfg)
     run_dir = Path(cfg.run_dir)
     runtime = resolve(cfg, iterations=cfg.schedule.iterations)
@@ -441,13 +451,8 @@ def fit(cfg: DictConfig) -> dict:
                 log.info("restart=true: the previous run is kept in %s", kept)
             log.info("data: %s", data.description)
             OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-            step_model = runtime.prepare(model)  # model itself, or its compiled wrapper
-            if runtime.compile:
-                log.info(
-                    "torch.compile: the first step and first evaluation compile (a minute or two)"
-                )
             guard.check()
-            return _train(_setup(cfg, run_dir, runtime, model, step_model, data, state), guard)
+            return _train(Training(cfg, run_dir, runtime, model, data, state), guard)
 
 
 @contextlib.contextmanager
@@ -467,37 +472,66 @@ def log_to_file(path: Path):
         handler.close()
 
 
-@dataclass
 class Training:
-    """A run in progress: what the loop works with and advances, and what a checkpoint keeps."""
+    """A run in progress: what the loop works with and advances, and what a checkpoint keeps.
 
-    cfg: DictConfig
-    run_dir: Path
-    runtime: Runtime
-    model: torch.nn.Module  # saved and inspected
-    step_model: torch.nn.Module  # called: ``model``, or its compiled wrapper
-    data: ImageData  # on the device
-    mean: torch.Tensor
-    std: torch.Tensor
-    optimizer: torch.optim.Optimizer
-    batches: TrainBatches
-    counters: Counters
-    tracker: Tracker
-    progress: Progress
-    segments: list[dict]  # how each stretch of the run executed (see _setup)
-    iteration: int  # steps taken
-    lr: float  # the latest step's, reported at evaluations
-    warming_up: bool
-    eval_pending: bool  # an evaluation is due before the next step
-    wall_before: float  # seconds spent in the run's earlier segments
-    t0: float = field(default_factory=time.perf_counter)
-    train_time: float = 0.0  # since the last evaluation: seconds spent training, images seen
-    images: int = 0
-    tick: float = field(default_factory=time.perf_counter)
+    Set up fresh, or exactly as the checkpoint ``state`` left it (weights, optimizer, data order,
+    counters, random states, metrics), so that a resumed run continues bit for bit.
+    """
 
-    @property
-    def label(self) -> str:
-        return f"{self.run_dir.parent.name}/{self.run_dir.name}"
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        runtime: Runtime,
+        model: torch.nn.Module,
+        data: ImageData,
+        state: dict | None,
+    ) -> None:
+        sched, device = cfg.schedule, runtime.device
+        self.cfg, self.run_dir, self.runtime, self.model = cfg, run_dir, runtime, model
+        self.step_model = runtime.prepare(model)  # model itself, or its compiled wrapper
+        if runtime.compile:
+            log.info("torch.compile: the first step and first evaluation compile (a minute or two)")
+        self.data = data = data.to(device)
+        self.optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
+        self.batches = make_batches(data, sched.batch_size, cfg.data.normalize, cfg.seed, runtime)
+        self.counters = Counters(device)
+        self.iteration, history, self.wall_before, self.eval_pending = 0, [], 0.0, False
+        self.warming_up = bool(sched.warmup.enabled)
+        self.lr = lr_at(0, sched, self.warming_up)  # the latest step's, reported at evaluations
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batches.load_state_dict(state["batches"])
+            self.counters.load_state_dict(state["counters"])
+            set_random_states(state["random"])
+            self.iteration, history = state["iteration"], state["metrics"]
+            self.wall_before, self.warming_up = state["wall_seconds"], state["warming_up"]
+            self.eval_pending, self.lr = state["eval_pending"], state["lr"]
+            log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, self.iteration)
+        # How each stretch of the run executed: a resumed run may change device, precision or
+        # compile; summary.json lists every segment, not only the last.
+        self.segments = [*(state or {}).get("segments", []), {
+            "from_iteration": self.iteration,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "precision": runtime.precision,
+            "channels_last": runtime.channels_last,
+            "compiled": runtime.compile,
+            "threads": torch.get_num_threads(),
+            "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
+        }]  # fmt: skip
+        self.label = f"{run_dir.parent.name}/{run_dir.name}"
+        log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", self.label,
+                 cfg.depth, "residual" if cfg.residual else "plain", count_parameters(model),
+                 sched.iterations, sched.batch_size, runtime.describe())  # fmt: skip
+        hparams = {key: cfg[key] for key in ("depth", "residual", "block", "shortcut", "seed")}
+        hparams["arch"] = run_dir.parent.name
+        self.tracker = Tracker(run_dir, history, hparams)
+        self.progress = Progress(self.label, sched.iterations, self.iteration, cfg.progress)
+        self.t0 = self.tick = time.perf_counter()  # t0: this segment's start (wall())
+        self.train_time, self.images = 0.0, 0  # since the last evaluation, for images per second
 
     def wall(self) -> float:
         """Seconds since the run first started, earlier segments included."""
@@ -507,67 +541,6 @@ class Training:
         """One metrics row: metrics.jsonl, TensorBoard and the progress display."""
         self.tracker.log_row(row)
         self.progress.report(row)
-
-
-def _setup(
-    cfg: DictConfig,
-    run_dir: Path,
-    runtime: Runtime,
-    model: torch.nn.Module,
-    step_model: torch.nn.Module,
-    data: ImageData,
-    state: dict | None,
-) -> Training:
-    """The run's data on the device, optimizer, batches, counters, metrics and progress: fresh,
-    or exactly as the checkpoint ``state`` left them."""
-    sched, device = cfg.schedule, runtime.device
-    data = data.to(device)
-    mean, std = mean_std(data.train_x, cfg.data.normalize)
-    optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
-    batches = TrainBatches(data.train_x, data.train_y, sched.batch_size, mean, std, generator,
-                           memory_format=runtime.memory_format)  # fmt: skip
-    counters = Counters(device)
-    iteration, history, wall_before, eval_pending = 0, [], 0.0, False
-    warming_up = bool(sched.warmup.enabled)
-    lr = lr_at(0, sched, warming_up)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        counters.load_state_dict(state["counters"])
-        set_random_states(state["random"])
-        iteration, history = state["iteration"], state["metrics"]
-        wall_before, warming_up = state["wall_seconds"], state["warming_up"]
-        eval_pending, lr = state["eval_pending"], state["lr"]
-        log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, iteration)
-    # How each stretch of the run executed: a resumed run may change device, precision or
-    # compile; summary.json lists every segment, not only the last.
-    segments = [*(state or {}).get("segments", []), {
-        "from_iteration": iteration,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "precision": runtime.precision,
-        "channels_last": runtime.channels_last,
-        "compiled": runtime.compile,
-        "threads": torch.get_num_threads(),
-        "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
-    }]  # fmt: skip
-    label = f"{run_dir.parent.name}/{run_dir.name}"
-    log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", label, cfg.depth,
-             "residual" if cfg.residual else "plain", count_parameters(model), sched.iterations,
-             sched.batch_size, runtime.describe())  # fmt: skip
-    hparams = {"depth": cfg.depth, "residual": cfg.residual, "block": cfg.block,
-               "shortcut": cfg.shortcut, "seed": cfg.seed, "arch": run_dir.parent.name}  # fmt: skip
-    return Training(
-        cfg=cfg, run_dir=run_dir, runtime=runtime, model=model, step_model=step_model, data=data,
-        mean=mean, std=std, optimizer=optimizer, batches=batches, counters=counters,
-        tracker=Tracker(run_dir, history, hparams),
-        progress=Progress(label, sched.iterations, iteration, cfg.progress),
-        segments=segments, iteration=iteration, lr=lr, warming_up=warming_up,
-        eval_pending=eval_pending, wall_before=wall_before,
-    )  # fmt: skip
 
 
 def _train(run: Training, guard: SignalGuard) -> dict:
@@ -607,8 +580,7 @@ def _loop(run: Training, guard: SignalGuard) -> int | None:
     sched, gradients_every = run.cfg.schedule, run.cfg.log_gradients_every
     while True:
         if run.eval_pending:  # the end of an evaluation interval, of the run, or a resumed one
-            diverged_at = _evaluate(run, guard)
-            if diverged_at is not None:
+            if (diverged_at := _evaluate(run, guard)) is not None:
                 return diverged_at
             _checkpoint(run, pending=False)
             run.train_time, run.images, run.tick = 0.0, 0, time.perf_counter()
@@ -650,9 +622,9 @@ def _evaluate(run: Training, guard: SignalGuard) -> int | None:
         return bad_at + 1
     train_error, train_loss = run.counters.take_train()
     rt, data = run.runtime, run.data
-    test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.mean, run.std,
-                                     run.cfg.schedule.eval_batch_size, rt.dtype, rt.memory_format,
-                                     should_stop=guard.check)  # fmt: skip
+    test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.batches.mean,
+                                     run.batches.std, run.cfg.schedule.eval_batch_size, rt.dtype,
+                                     rt.memory_format, should_stop=guard.check)  # fmt: skip
     run.log({"iteration": run.iteration, "train_error": train_error, "train_loss": train_loss,
              "test_error": test_error, "test_loss": test_loss, "lr": run.lr,
              "images_per_second": run.images / max(run.train_time, 1e-9) if run.images else None,

@@ -26,9 +26,8 @@ def main(depth: int, rounds: int = 12, steps: int = 8) -> None:
     loops = {}
     for name, runtime in (("eager", cpu), ("compiled", replace(cpu, compile=True))):
         model = build_model(depth, True)
-        step_model = runtime.prepare(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        loops[name] = (step_model, optimizer)
+        loops[name] = (runtime.prepare(model), optimizer)  # prepare moves the parameters in place
     x = torch.randn(128, 3, 32, 32).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (128,))
 

@@ -125,9 +125,7 @@ def check_config(overrides: list[str]) -> Any:
         )
     from resexp.runtime import resolve
 
-    # device (device=cuda without a GPU), precision, channels_last and compile: refused before
-    # any write, by the very call fit resolves them with.
-    resolve(cfg, iterations=cfg.schedule.iterations)
+    resolve(cfg, iterations=cfg.schedule.iterations)  # device, precision, layout, compile: as fit
     check_writable(Path(cfg.output_root))
     return cfg
 

@@ -1,11 +1,9 @@
 """Where and how a job runs: one ``Runtime``, resolved once from the config.
 
-The device, the autocast dtype, the memory format, torch.compile and the CPU threads decide how
-fast a network trains, never what it is trained to: the recipe is He et al. 2015, "Deep Residual
-Learning for Image Recognition", sec. 4.2, whatever they say. ``resolve`` checks the config's
-``device``, ``precision``, ``channels_last``, ``compile`` and ``threads`` and decides ``auto`` by
-measurement (README, "Speed"; benchmarks/NOTES.md); ``Runtime.prepare`` is the one place a model
-is moved, formatted and compiled, ``Runtime.autocast`` the one place precision is applied.
+Device, autocast dtype, memory format, torch.compile and CPU threads decide how fast a network
+trains, never what it is trained to (He et al. 2015, "Deep Residual Learning for Image
+Recognition", sec. 4.2, whatever they say); ``auto`` is decided by measurement (README, "Speed";
+benchmarks/NOTES.md). ``Runtime.prepare`` is the one place a model is moved and compiled.
 """
 
 from __future__ import annotations
@@ -75,13 +73,9 @@ class Runtime:
 
 
 def resolve(cfg: Any, iterations: int | None = None) -> Runtime:
-    """The runtime ``cfg`` asks for (its keys ``device``, ``precision``, ``channels_last``,
-    ``compile``, ``threads``), each checked: a ConfigError names the valid choices.
-
-    ``iterations``: the training steps the job runs, which ``compile=auto`` weighs against the
-    time compiling takes; None for a job that trains no run (evaluation, a timing): never
-    compiled, and ``compile`` is not read.
-    """
+    """The runtime ``cfg`` asks for (its ``device``, ``precision``, ``channels_last``, ``compile``
+    and ``threads``), each checked. ``iterations``: the training steps of the job, which
+    ``compile=auto`` weighs; None for a job that trains no run: never compiled."""
     device = select_device(cfg.device)
     return Runtime(
         device,
@@ -109,11 +103,7 @@ def select_device(name: str) -> torch.device:
             f"device={name} was asked for, but this machine has no usable CUDA device "
             f"(torch {torch.__version__}). Use device=auto or device=cpu."
         )
-    if (
-        device.type == "cuda"
-        and device.index is not None
-        and device.index >= torch.cuda.device_count()
-    ):
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"device={name}: there are only {torch.cuda.device_count()} CUDA devices")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("device=mps was asked for, but MPS is not available here")

@@ -24,9 +24,10 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -34,21 +35,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from resexp.config import DataConfig, ScheduleConfig, arch_name
-from resexp.data import ImageData, TrainBatches, load_data, mean_std
+from resexp.data import ImageData, load_data, mean_std
 from resexp.errors import ConfigError
 from resexp.models import build_model, count_parameters
-from resexp.train import (
-    Counters,
-    autocast_dtype,
-    compile_for,
-    evaluate,
-    lr_at,
-    make_optimizer,
-    memory_format_for,
-    select_device,
-    set_lr,
-    train_step,
-)
+from resexp.runtime import Runtime, resolve
+from resexp.train import Counters, evaluate, lr_at, make_batches, make_optimizer, set_lr, train_step
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -63,14 +54,11 @@ BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
 # Setup: options, data, the machine
 
 
-def _check_options(
-    compile: str, channels_last: str, iterations: int, warmup: int, rounds: int, data: str
-) -> None:
+def _check_options(compile: str, iterations: int, warmup: int, rounds: int, data: str) -> None:
+    """The options only bench has; device, precision and channels_last: runtime.resolve."""
     problems = []
     if compile not in COMPILE_MODES:
         problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}")
-    if channels_last not in ("auto", "true", "false"):
-        problems.append(f"channels_last must be auto, true or false, not {channels_last!r}")
     if iterations < 1 or warmup < 1 or rounds < 1:
         problems.append("iterations, warmup and rounds must be at least 1")
     if data not in DATA_SOURCES:
@@ -144,40 +132,17 @@ class _Ours:
     """resexp's training loop, cut into timed blocks of steps."""
 
     def __init__(
-        self,
-        depth: int,
-        residual: bool,
-        data: ImageData,
-        device: torch.device,
-        batch_size: int,
-        amp_dtype: torch.dtype | None,
-        memory_format: torch.memory_format,
-        compile: str,
+        self, depth: int, residual: bool, data: ImageData, runtime: Runtime, batch_size: int
     ) -> None:
         torch.manual_seed(0)
-        self.device = device
-        self.amp_dtype = amp_dtype
-        self.memory_format = memory_format
-        self.model = build_model(depth, residual).to(device=device, memory_format=memory_format)
-        self.step_model = self.model
-        if compile != "none":
-            mode = None if compile == "default" else compile
-            self.step_model = torch.compile(self.model, mode=mode)
+        self.runtime = runtime
+        self.device = device = runtime.device
+        self.model = build_model(depth, residual)
+        self.step_model = runtime.prepare(self.model)
         self.data = data.to(device)
-        self.mean, self.std = mean_std(self.data.train_x, "pixel_mean")
         self.schedule = OmegaConf.structured(ScheduleConfig(batch_size=batch_size))
         self.optimizer = make_optimizer(self.model, self.schedule, fused=device.type == "cuda")
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0)
-        self.batches = TrainBatches(
-            self.data.train_x,
-            self.data.train_y,
-            batch_size,
-            self.mean,
-            self.std,
-            generator,
-            memory_format=memory_format,
-        )
+        self.batches = make_batches(self.data, batch_size, "pixel_mean", 0, runtime)
         self.counters = Counters(device)
         self.iteration = 0
         self.model.train()
@@ -202,7 +167,7 @@ class _Ours:
                 t = time.perf_counter()
                 x, y = self.batches.next()
                 data_time += time.perf_counter() - t
-            loss, wrong = train_step(self.step_model, self.optimizer, x, y, self.amp_dtype)
+            loss, wrong = train_step(self.step_model, self.optimizer, x, y, self.runtime)
             self.counters.add(self.iteration, loss, wrong, len(y))
             self.iteration += 1
             if not cuda:
@@ -217,16 +182,9 @@ class _Ours:
         """One pass over the test images the way ``fit`` evaluates; returns its wall time (s)."""
         _sync(self.device)
         start = time.perf_counter()
-        evaluate(
-            self.step_model,
-            self.data.test_x,
-            self.data.test_y,
-            self.mean,
-            self.std,
-            self.schedule.eval_batch_size,
-            self.amp_dtype,
-            self.memory_format,
-        )
+        data, batches, runtime = self.data, self.batches, self.runtime
+        evaluate(self.step_model, data.test_x, data.test_y, batches.mean, batches.std,
+                 self.schedule.eval_batch_size, runtime.dtype, runtime.memory_format)  # fmt: skip
         _sync(self.device)
         return time.perf_counter() - start
 
@@ -406,52 +364,46 @@ def bench(
     options = dict(locals())
     if isinstance(channels_last, bool):  # a CLI flag may hand over a bool
         channels_last = options["channels_last"] = str(channels_last).lower()
-    _check_options(compile, channels_last, iterations, warmup, rounds, data)
+    _check_options(compile, iterations, warmup, rounds, data)
     try:
         build_model(depth, residual)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if eval_images < 1 or eval_batch_size < 0:
         raise ConfigError("eval_images must be at least 1, eval_batch_size at least 0")
-    dev = select_device(device)
-    amp_dtype = autocast_dtype(precision, dev)
-    memory_format = memory_format_for(channels_last, dev)
-    if compile == "auto":  # as train.fit decides for the paper's 64k-iteration run
-        paper_run = ScheduleConfig().iterations
-        compile = "default" if compile_for("auto", dev, paper_run) else "none"
+    # compile=auto decides as train.fit does for the paper's run (64k iterations, sec. 4.2).
+    wanted = SimpleNamespace(device=device, precision=precision, channels_last=channels_last,
+                             compile={"auto": "auto", "none": "false"}.get(compile, "true"),
+                             threads=threads)  # fmt: skip
+    runtime = resolve(wanted, iterations=ScheduleConfig().iterations)
+    if compile == "auto":
+        compile = "default" if runtime.compile else "none"
+    runtime = replace(runtime, compile_mode=None if compile in ("none", "default") else compile)
     images = _load(data, data_root, eval_images)
     if not 0 < batch_size <= len(images.train_y):
         raise ConfigError(f"batch_size must be between 1 and {len(images.train_y)} (the images)")
 
     threads_before = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)  # both loops run with it; restored at the end
     try:
-        blocks = _split(iterations, rounds)
-        return _measure(options, images, dev, amp_dtype, memory_format, compile, blocks)
+        runtime.apply()  # as train.fit: both loops run with its threads; restored at the end
+        return _measure(options, images, runtime, compile, _split(iterations, rounds))
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _measure(
-    options: dict[str, Any],
-    images: ImageData,
-    dev: torch.device,
-    amp_dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
-    compile: str,
-    blocks: list[int],
+    options: dict[str, Any], images: ImageData, runtime: Runtime, compile: str, blocks: list[int]
 ) -> dict[str, Any]:
     depth, residual, batch_size = options["depth"], options["residual"], options["batch_size"]
     warmup = options["warmup"]
+    dev = runtime.device
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as train.fit
         torch.cuda.reset_peak_memory_stats(dev)
     load_before = _load_average()
     started = datetime.now(timezone.utc)
 
     # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
-    ours = _Ours(depth, residual, images, dev, batch_size, amp_dtype, memory_format, compile)
+    ours = _Ours(depth, residual, images, runtime, batch_size)
     if options["eval_batch_size"]:
         ours.schedule.eval_batch_size = options["eval_batch_size"]
     first_step_s = ours.steps(1).wall_s
@@ -498,8 +450,8 @@ def _measure(
             "data": images.description,
         },
         "resexp": {
-            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-            "channels_last": memory_format == torch.channels_last,
+            "precision": runtime.precision,
+            "channels_last": runtime.channels_last,
             "compile": compile,
             **_rates(ours_times, batch_size),
             "eval_images_per_s": len(images.test_y) / ours_eval_s,

@@ -123,13 +123,9 @@ def check_config(overrides: list[str]) -> Any:
             f"data.root={cfg.data.root} does not exist; give an image-folder tree "
             "PATH/train/<class>/* + PATH/test/<class>/*, or a .tar(.gz|.xz) archive of one"
         )
-    from resexp.train import autocast_dtype, compile_for, memory_format_for, select_device
+    from resexp.runtime import resolve
 
-    device = select_device(cfg.device)  # device=cuda without a GPU: refused before any write
-    # precision, channels_last and compile are checked by the very functions fit resolves them with.
-    autocast_dtype(cfg.precision, device)
-    memory_format_for(cfg.channels_last, device)
-    compile_for(cfg.compile, device, cfg.schedule.iterations)
+    resolve(cfg, iterations=cfg.schedule.iterations)  # device, precision, layout, compile: as fit
     check_writable(Path(cfg.output_root))
     return cfg
 
@@ -389,7 +385,7 @@ def sweep(
     from rich.console import Console
 
     from resexp import sweep as sweeps
-    from resexp.train import select_device
+    from resexp.runtime import select_device
 
     if verbose:
         os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -157,7 +157,7 @@ def validate(cfg: Any) -> None:
 
     Covers every key of the schema that a type alone does not bound. The architecture (depth,
     block, shortcut), the device and the precision options are checked where they are resolved
-    (models.check_architecture and resexp.train), from the same CLI check.
+    (models.check_architecture and resexp.runtime), from the same CLI check.
     """
     problems: list[str] = []
 

@@ -193,7 +193,7 @@ def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
 
 def _download_cifar10(root: Path) -> None:
     log.info("downloading CIFAR-10 into %s", root)
-    new_folder = _first_missing(root)
+    new_folder = first_missing(root)
     try:
         import torchvision
 
@@ -240,7 +240,7 @@ def _read_cifar100(root: Path, download: bool) -> dict[str, Any]:
 
 def _download_cifar100(root: Path) -> None:
     log.info("downloading CIFAR-100 into %s", root)
-    new_folder = _first_missing(root)
+    new_folder = first_missing(root)
     try:
         import torchvision
 
@@ -523,7 +523,7 @@ def _cached(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     sets = _read_cache(path, warn=True)
     if sets is not None:
         return sets
-    new_folder = _first_missing(path.parent)
+    new_folder = first_missing(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -545,7 +545,7 @@ def _cached(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     return sets
 
 
-def _first_missing(folder: Path) -> Path | None:
+def first_missing(folder: Path) -> Path | None:
     """The highest folder on the way to ``folder`` that does not exist yet (None: all do)."""
     folder = folder.absolute()
     missing = None

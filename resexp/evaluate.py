@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from resexp.errors import ConfigError, ResexpError
+from resexp.runtime import Runtime, resolve
 
 log = logging.getLogger(__name__)
 
@@ -500,15 +501,9 @@ def normalization_for(weights: Weights, data: Any, data_cfg: Any) -> tuple[Tenso
 
 
 def evaluate_weights(
-    weights: Weights,
-    data: Any,
-    data_cfg: Any,
-    device: torch.device,
-    batch_size: int,
-    memory_format: torch.memory_format,
-    out_dir: Path,
+    weights: Weights, data: Any, data_cfg: Any, runtime: Runtime, batch_size: int, out_dir: Path
 ) -> Evaluation:
-    """Evaluate one network on ``data``'s test (or validation) images."""
+    """Evaluate one network on ``data``'s test (or validation) images, in fp32 (no autocast)."""
     outputs = weights.model.fc.out_features
     if len(data.classes) > outputs:
         raise ResexpError(
@@ -516,10 +511,10 @@ def evaluate_weights(
             f"({data.description}): choose data with at most {outputs} classes"
         )
     mean, std, normalization = normalization_for(weights, data, data_cfg)
-    model = weights.model.to(device=device, memory_format=memory_format)
-    x, y = data.test_x.to(device), data.test_y.to(device)
+    model, device = runtime.prepare(weights.model), runtime.device
+    x, y, classes = data.test_x.to(device), data.test_y.to(device), len(data.classes)
     confusion, loss = confusion_and_loss(
-        model, x, y, mean.to(device), std.to(device), batch_size, len(data.classes), memory_format
+        model, x, y, mean.to(device), std.to(device), batch_size, classes, runtime.memory_format
     )
     weights.model.cpu()
     notes = []
@@ -567,8 +562,6 @@ def evaluate_path(
     config ``cfg`` (the device, the data, the evaluation batch) and the command line's
     ``overrides`` (architecture keys there are claims about the weights, or a study's filter).
     Writes each evaluation's JSON and PNG; returns them, in order."""
-    from resexp.train import memory_format_for, select_device
-
     path = Path(path)
     if not path.exists():
         raise ResexpError(f"{path} does not exist: give a run folder, a study folder or a file")
@@ -579,8 +572,7 @@ def evaluate_path(
         study = None
     else:
         found, study = _weights_in_folder(path, claims)
-    device = select_device(cfg.device)
-    memory_format = memory_format_for(cfg.channels_last, device)
+    runtime = resolve(cfg)  # evaluation only: never compiled
 
     new_data = "data" in keys  # data=SOURCE: another data set than a run's own
     loaded: dict[str, tuple[Any, Any]] = {}
@@ -600,7 +592,7 @@ def evaluate_path(
         else:
             out_dir = out / weights.path.parent.relative_to(study)
         batch = cfg.schedule.eval_batch_size
-        result = evaluate_weights(weights, data, data_cfg, device, batch, memory_format, out_dir)
+        result = evaluate_weights(weights, data, data_cfg, runtime, batch, out_dir)
         write_evaluation(result)
         results.append(result)
     if study is not None:

@@ -148,35 +148,28 @@ def time_steps(cfg: Any, steps: int = 3) -> float:
 
     from resexp.config import num_classes
     from resexp.models import build_model
-    from resexp.train import (
-        autocast_dtype,
-        make_optimizer,
-        memory_format_for,
-        select_device,
-        train_step,
-    )
+    from resexp.runtime import resolve
+    from resexp.train import make_optimizer, train_step
 
-    device = select_device(cfg.device)
-    amp = autocast_dtype(cfg.precision, device)
-    memory_format = memory_format_for(cfg.channels_last, device)
+    runtime = resolve(cfg)  # not compiled
+    device = runtime.device
     threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    runtime.apply()
     try:
         classes = num_classes(cfg) or 10
         model = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, classes,
                             family=cfg.family, stem=cfg.stem)  # fmt: skip
-        model = model.to(device=device, memory_format=memory_format).train()
+        model = runtime.prepare(model).train()
         optimizer = make_optimizer(model, cfg.schedule, fused=device.type == "cuda")
         n = cfg.schedule.batch_size
-        x = torch.randn(n, 3, 32, 32, device=device).to(memory_format=memory_format)
+        x = torch.randn(n, 3, 32, 32, device=device).to(memory_format=runtime.memory_format)
         y = torch.randint(0, 10, (n,), device=device)
-        train_step(model, optimizer, x, y, amp)  # warm-up: allocations, cuDNN's choice
+        train_step(model, optimizer, x, y, runtime)  # warm-up: allocations, cuDNN's choice
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         for _ in range(steps):
-            loss, _ = train_step(model, optimizer, x, y, amp)
+            loss, _ = train_step(model, optimizer, x, y, runtime)
         loss.item()  # waits for the device
         return (time.perf_counter() - start) / steps
     finally:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import shutil
 import signal
@@ -29,11 +28,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import num_classes
-from resexp.data import ImageData, TrainBatches, eval_batches, load_data, mean_std
+from resexp.config import num_classes, validate
+from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
 from resexp.rundir import RunDir
+from resexp.runtime import Runtime, compile_for, resolve
 from resexp.tracking import Progress, Tracker, log_gradient_stats
 
 log = logging.getLogger(__name__)
@@ -52,98 +52,7 @@ HARMLESS_KEYS = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Device, precision, seeds
-
-
-def select_device(name: str) -> torch.device:
-    """``auto``: CUDA, else Apple's MPS, else the CPU; any other name is checked, not trusted."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            f"device={name} was asked for, but this machine has no usable CUDA device "
-            f"(torch {torch.__version__}). Use device=auto or device=cpu."
-        )
-    if (
-        device.type == "cuda"
-        and device.index is not None
-        and device.index >= torch.cuda.device_count()
-    ):
-        raise ConfigError(f"device={name}: there are only {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device=mps was asked for, but MPS is not available here")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16
-    convolutions are faster than fp32 ones; elsewhere bf16 is emulated and slower."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32.
-
-    ``auto`` means bf16 on CUDA and on CPUs with native bf16, chosen by measurement: on a 2-core
-    AMD EPYC (AVX512-BF16) bf16 autocast trains ResNet-20 about 1.7x faster than fp32, and short
-    runs on CIFAR-10 reach the same test error in either (README, "Speed"). Weights, gradients,
-    optimizer state and the loss stay fp32; only convolutions and the linear layer run in bf16.
-    """
-    if precision == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    raise ConfigError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-
-
-def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
-    """``channels_last``: ``true``/``false``, or ``auto``: on CUDA and on the CPU (oneDNN), where
-    it measured faster (CPU, ResNet-20: 1.1x to 1.5x in fp32); not on MPS. Hydra hands a bare
-    ``true`` over as ``True``, so case does not matter."""
-    option = str(option).lower()
-    if option not in ("auto", "true", "false"):
-        raise ConfigError(f"channels_last must be auto, true or false, not {option!r}")
-    if option == "true" or (option == "auto" and device.type in ("cuda", "cpu")):
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-# torch.compile pays on the CPU only over a long run: compiling takes about 60 s (ResNet-20) to
-# 80 s (ResNet-56) on 2 cores, after which bf16 training runs about 19% (ResNet-20) or 9%
-# (ResNet-56) more images per second (benchmarks/NOTES.md): it breaks even near 2000 iterations.
-COMPILE_MIN_ITERATIONS = 2000
-
-
-def compile_for(option: str, device: torch.device, iterations: int) -> bool:
-    """``compile``: ``true``/``false``, or ``auto``: on the CPU for runs of at least
-    COMPILE_MIN_ITERATIONS iterations, where a C++ compiler is found (Inductor's CPU code needs
-    one). Not on CUDA or MPS yet: unmeasured there."""
-    option = str(option).lower()
-    if option not in ("auto", "true", "false"):
-        raise ConfigError(f"compile must be auto, true or false, not {option!r}")
-    if option != "auto":
-        return option == "true"
-    return (
-        device.type == "cpu" and iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
-    )
-
-
-def cpp_compiler() -> str | None:
-    """The C++ compiler Inductor would use (``$CXX``, else g++, c++ or clang++ on the PATH)."""
-    names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
-    return next((path for name in names if (path := shutil.which(name))), None)
+# Seeds
 
 
 def seed_everything(seed: int) -> None:
@@ -207,6 +116,19 @@ def make_optimizer(model: torch.nn.Module, schedule: Any, fused: bool = False) -
     )
 
 
+def make_batches(
+    data: ImageData, batch_size: int, normalize: str, seed: int, runtime: Runtime
+) -> TrainBatches:
+    """Mini-batches of ``data`` (on the device) in an order drawn from ``seed``, augmented as in
+    He et al. 2015, sec. 4.2 (4-pixel padding, random crops, flips) and normalised with the
+    training images' statistics, which ``.mean`` and ``.std`` keep for the test images."""
+    mean, std = mean_std(data.train_x, normalize)
+    generator = torch.Generator(device=runtime.device)
+    generator.manual_seed(seed)
+    return TrainBatches(data.train_x, data.train_y, batch_size, mean, std, generator,
+                        memory_format=runtime.memory_format)  # fmt: skip
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set the learning rate in place (a tensor lr keeps its identity and device)."""
     for group in optimizer.param_groups:
@@ -221,10 +143,10 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    amp_dtype: torch.dtype | None,
+    runtime: Runtime,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step; returns the batch's mean loss and its number of errors, on the device."""
-    with _autocast(x.device, amp_dtype):
+    with runtime.autocast():
         out = model(x)
         loss = F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
@@ -273,12 +195,6 @@ def evaluate(
         model.train(was_training)
     n = len(y)
     return 100.0 * errors.item() / n, loss.item() / n
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -403,7 +319,7 @@ def run_lock(run_dir: Path):
     """
     from filelock import FileLock, Timeout
 
-    new_folder = _first_missing(run_dir.parent)
+    new_folder = first_missing(run_dir.parent)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     lock_path = run_dir.parent / f".{run_dir.name}.lock"
     lock = FileLock(lock_path, timeout=0)
@@ -422,15 +338,6 @@ def run_lock(run_dir: Path):
             if new_folder is not None:
                 shutil.rmtree(new_folder, ignore_errors=True)
         lock.release()
-
-
-def _first_missing(folder: Path) -> Path | None:
-    """The highest folder on the way to ``folder`` that does not exist yet (None: all do)."""
-    folder = folder.absolute()
-    missing = None
-    while not folder.exists() and folder != folder.parent:
-        missing, folder = folder, folder.parent
-    return missing
 
 
 class Counters:
@@ -495,17 +402,10 @@ def fit(cfg: DictConfig) -> dict:
     Raises StopRequested after saving a checkpoint when SIGTERM/SIGINT arrives (the CLI exits
     with EXIT_INTERRUPTED); re-running the same config resumes, bit for bit on the CPU.
     """
-    from resexp.config import validate
-
     validate(cfg)
     run_dir = Path(cfg.run_dir)
-    device = select_device(cfg.device)
-    amp_dtype = autocast_dtype(cfg.precision, device)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    memory_format = memory_format_for(cfg.channels_last, device)
+    runtime = resolve(cfg, iterations=cfg.schedule.iterations)
+    runtime.apply()
 
     # A bad architecture is refused before anything is written.
     try:
@@ -532,9 +432,8 @@ def fit(cfg: DictConfig) -> dict:
                 log.info("restart=true: the previous run is kept in %s", kept)
             log.info("data: %s", data.description)
             RunDir(run_dir).write_config(cfg)
-            model = model.to(device=device, memory_format=memory_format)
             guard.check()
-            return _train(cfg, run_dir, model, data, state, guard, device, amp_dtype, memory_format)
+            return _train(Training(cfg, run_dir, runtime, model, data, state), guard)
 
 
 @contextlib.contextmanager
@@ -554,214 +453,210 @@ def log_to_file(path: Path):
         handler.close()
 
 
-def _train(
-    cfg: DictConfig,
-    run_dir: Path,
-    model: torch.nn.Module,
-    data: ImageData,
-    state: dict | None,
-    guard: SignalGuard,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
-) -> dict:
-    data = data.to(device)
-    mean, std = mean_std(data.train_x, cfg.data.normalize)
-    sched = cfg.schedule
-    compiled = compile_for(cfg.compile, device, sched.iterations)
-    if compiled:
-        log.info("torch.compile: the first step and first evaluation compile (a minute or two)")
-    step_model = torch.compile(model) if compiled else model
-    optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed)
-    batches = TrainBatches(
-        data.train_x,
-        data.train_y,
-        sched.batch_size,
-        mean,
-        std,
-        generator,
-        memory_format=memory_format,
-    )
-    counters = Counters(device)
+class Training:
+    """A run in progress: what the loop works with and advances, and what a checkpoint keeps.
 
-    iteration, history, wall_before, eval_pending = 0, [], 0.0, False
-    warming_up = bool(sched.warmup.enabled)
-    lr = lr_at(0, sched, warming_up)  # the lr of the latest step, reported at evaluations
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["batches"])
-        counters.load_state_dict(state["counters"])
-        set_random_states(state["random"])
-        iteration, history = state["iteration"], state["metrics"]
-        wall_before, warming_up = state["wall_seconds"], state["warming_up"]
-        eval_pending, lr = state["eval_pending"], state["lr"]
-        log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, iteration)
-    # How each stretch of the run executed: a resumed run may change device, precision or
-    # compile; summary.json lists every segment, not only the last.
-    segments = [*(state or {}).get("segments", []), {
-        "from_iteration": iteration,
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "channels_last": memory_format == torch.channels_last,
-        "compiled": compiled,
-        "threads": torch.get_num_threads(),
-        "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
-    }]  # fmt: skip
+    Set up fresh, or exactly as the checkpoint ``state`` left it (weights, optimizer, data order,
+    counters, random states, metrics), so that a resumed run continues bit for bit.
+    """
 
-    label = f"{run_dir.parent.name}/{run_dir.name}"
-    log.info(
-        "%s: %d layers, %s, %d parameters, %d iterations of %d on %s (%s%s%s)",
-        label,
-        cfg.depth,
-        "residual" if cfg.residual else "plain",
-        count_parameters(model),
-        sched.iterations,
-        sched.batch_size,
-        device,
-        str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        ", channels_last" if memory_format == torch.channels_last else "",
-        ", torch.compile" if compiled else "",
-    )
-    hparams = {"depth": cfg.depth, "residual": cfg.residual, "block": cfg.block,
-               "shortcut": cfg.shortcut, "seed": cfg.seed, "arch": run_dir.parent.name}  # fmt: skip
-    tracker = Tracker(run_dir, history, hparams)
-    progress = Progress(label, sched.iterations, iteration, cfg.progress)
-    t0 = time.perf_counter()
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        runtime: Runtime,
+        model: torch.nn.Module,
+        data: ImageData,
+        state: dict | None,
+    ) -> None:
+        sched, device = cfg.schedule, runtime.device
+        self.cfg, self.run_dir, self.runtime, self.model = cfg, run_dir, runtime, model
+        self.step_model = runtime.prepare(model)  # model itself, or its compiled wrapper
+        if runtime.compile:
+            log.info("torch.compile: the first step and first evaluation compile (a minute or two)")
+        self.data = data = data.to(device)
+        self.optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
+        self.batches = make_batches(data, sched.batch_size, cfg.data.normalize, cfg.seed, runtime)
+        self.counters = Counters(device)
+        self.iteration, history, self.wall_before, self.eval_pending = 0, [], 0.0, False
+        self.warming_up = bool(sched.warmup.enabled)
+        self.lr = lr_at(0, sched, self.warming_up)  # the latest step's, reported at evaluations
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.batches.load_state_dict(state["batches"])
+            self.counters.load_state_dict(state["counters"])
+            set_random_states(state["random"])
+            self.iteration, history = state["iteration"], state["metrics"]
+            self.wall_before, self.warming_up = state["wall_seconds"], state["warming_up"]
+            self.eval_pending, self.lr = state["eval_pending"], state["lr"]
+            log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, self.iteration)
+        # How each stretch of the run executed: a resumed run may change device, precision or
+        # compile; summary.json lists every segment, not only the last.
+        self.segments = [*(state or {}).get("segments", []), {
+            "from_iteration": self.iteration,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "precision": runtime.precision,
+            "channels_last": runtime.channels_last,
+            "compiled": runtime.compile,
+            "threads": torch.get_num_threads(),
+            "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
+        }]  # fmt: skip
+        self.label = f"{run_dir.parent.name}/{run_dir.name}"
+        log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", self.label,
+                 cfg.depth, "residual" if cfg.residual else "plain", count_parameters(model),
+                 sched.iterations, sched.batch_size, runtime.describe())  # fmt: skip
+        hparams = {key: cfg[key] for key in ("depth", "residual", "block", "shortcut", "seed")}
+        hparams["arch"] = run_dir.parent.name
+        self.tracker = Tracker(run_dir, history, hparams)
+        self.progress = Progress(self.label, sched.iterations, self.iteration, cfg.progress)
+        self.t0 = self.tick = time.perf_counter()  # t0: this segment's start (wall())
+        self.train_time, self.images = 0.0, 0  # since the last evaluation, for images per second
 
-    def checkpoint(pending: bool) -> None:
-        try:
-            RunDir(run_dir).save_checkpoint(
-                {
-                    "iteration": iteration,
-                    "eval_pending": pending,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "batches": batches.state_dict(),
-                    "counters": counters.state_dict(),
-                    "random": random_states(),
-                    "metrics": tracker.rows,
-                    "warming_up": warming_up,
-                    "lr": lr,
-                    "wall_seconds": wall_before + time.perf_counter() - t0,
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                    "segments": segments,
-                },
-            )
-        except OSError as e:
-            raise ResexpError(
-                f"could not write a checkpoint in {run_dir} ({e.strerror or e}); the previous "
-                "checkpoint is intact. Free some disk space and run the same command to resume."
-            ) from None
+    def wall(self) -> float:
+        """Seconds since the run first started, earlier segments included."""
+        return self.wall_before + time.perf_counter() - self.t0
 
+    def log(self, row: dict) -> None:
+        """One metrics row: metrics.jsonl, TensorBoard and the progress display."""
+        self.tracker.log_row(row)
+        self.progress.report(row)
+
+
+def _train(run: Training, guard: SignalGuard) -> dict:
+    """Run the loop to its end, or to a stop request (saving a checkpoint first); write
+    summary.json unless the run crashed; return it."""
     status, diverged_at = "completed", None
-    train_time, images, tick = 0.0, 0, time.perf_counter()
-    model.train()
+    run.model.train()
     try:
-        while True:
-            if eval_pending:  # the end of an evaluation interval (or of the run)
-                train_time += time.perf_counter() - tick
-                bad_at = int(counters.bad_at.item())
-                if bad_at >= 0:
-                    status, diverged_at = "diverged", bad_at + 1
-                    log.error(
-                        "%s: the training loss is not finite at iteration %d; stopping "
-                        "(status diverged). The last good checkpoint is kept.",
-                        label,
-                        diverged_at,
-                    )
-                    break
-                train_error, train_loss = counters.take_train()
-                test_error, test_loss = evaluate(
-                    step_model,
-                    data.test_x,
-                    data.test_y,
-                    mean,
-                    std,
-                    sched.eval_batch_size,
-                    amp_dtype,
-                    memory_format,
-                    should_stop=guard.check,
-                )
-                row = {
-                    "iteration": iteration,
-                    "train_error": train_error,
-                    "train_loss": train_loss,
-                    "test_error": test_error,
-                    "test_loss": test_loss,
-                    "lr": lr,
-                    "images_per_second": images / max(train_time, 1e-9) if images else None,
-                    "wall_seconds": wall_before + time.perf_counter() - t0,
-                }
-                tracker.log_row(row)
-                progress.report(row)
-                eval_pending = False
-                checkpoint(pending=False)
-                train_time, images, tick = 0.0, 0, time.perf_counter()
-            if iteration >= sched.iterations:
-                break
-            guard.check()
-
-            lr = lr_at(iteration, sched, warming_up)
-            set_lr(optimizer, lr)
-            x, y = batches.next()
-            loss, wrong = train_step(step_model, optimizer, x, y, amp_dtype)
-            counters.add(iteration, loss, wrong, len(y))
-            iteration += 1
-            if cfg.log_gradients_every and iteration % cfg.log_gradients_every == 0:
-                log_gradient_stats(tracker.writer, model, iteration)  # reads the host once
-            images += len(y)
-            if warming_up and iteration % sched.warmup.check_every == 0:
-                warm_error = counters.take_warmup()
-                if warm_error < sched.warmup.until_train_error or (
-                    iteration >= sched.warmup.max_iterations
-                ):
-                    warming_up = False
-                    log.info(
-                        "warm-up over at iteration %d (training error %.1f%%): lr %g",
-                        iteration,
-                        warm_error,
-                        sched.lr,
-                    )
-            progress.advance(iteration)
-            eval_pending = iteration % sched.eval_every == 0 or iteration == sched.iterations
-            if sched.log_every and iteration % sched.log_every == 0 and not eval_pending:
-                train_error, train_loss = counters.take_train()
-                row = {"iteration": iteration, "train_error": train_error,
-                       "train_loss": train_loss, "lr": lr,
-                       "wall_seconds": wall_before + time.perf_counter() - t0}  # fmt: skip
-                tracker.log_row(row)
-                progress.report(row)
+        diverged_at = _loop(run, guard)
+        status = "completed" if diverged_at is None else "diverged"
     except StopRequested:
         # Between two steps, or inside an evaluation: the counters and the data order are
         # exactly where they were, so the checkpoint resumes bit for bit.
-        checkpoint(pending=eval_pending)
+        _checkpoint(run, pending=run.eval_pending)
         status = "interrupted"
         raise
     finally:
-        progress.close()
-        ended = status != "completed" or iteration >= sched.iterations  # else: a crash
-        tracker.close(status if ended else None)
+        run.progress.close()
+        ended = status != "completed" or run.iteration >= run.cfg.schedule.iterations
+        run.tracker.close(status if ended else None)  # not ended: a crash
         if ended:
-            _write_summary(
-                cfg,
-                run_dir,
-                model,
-                data,
-                device,
-                amp_dtype,
-                memory_format,
-                tracker.rows,
-                status,
-                diverged_at,
-                wall_before + time.perf_counter() - t0,
-                iteration,
-                segments,
-            )
-    return RunDir(run_dir).read_summary()
+            rt = run.runtime
+            _write_summary(run.cfg, run.run_dir, run.model, run.data, rt.device, rt.dtype,
+                           rt.memory_format, run.tracker.rows, status, diverged_at, run.wall(),
+                           run.iteration, run.segments)  # fmt: skip
+    return RunDir(run.run_dir).read_summary()
+
+
+def _loop(run: Training, guard: SignalGuard) -> int | None:
+    """He et al. 2015, sec. 4.2: SGD steps at lr 0.1, divided by 10 at 50% and 75% of the run
+    (32k and 48k of 64k iterations; ResNet-110 warms up at 0.01 first); the whole test set
+    evaluated every ``eval_every`` iterations and at the end, each evaluation checkpointed.
+
+    Returns None once every iteration ran, or the iteration where the loss stopped being finite.
+    Raises StopRequested (SIGTERM/SIGINT) between steps or inside an evaluation.
+    """
+    sched, gradients_every = run.cfg.schedule, run.cfg.log_gradients_every
+    while True:
+        if run.eval_pending:  # the end of an evaluation interval, of the run, or a resumed one
+            if (diverged_at := _evaluate(run, guard)) is not None:
+                return diverged_at
+            _checkpoint(run, pending=False)
+            run.train_time, run.images, run.tick = 0.0, 0, time.perf_counter()
+        if run.iteration >= sched.iterations:
+            return None
+        guard.check()
+
+        run.lr = lr_at(run.iteration, sched, run.warming_up)  # warm-up, then the milestones
+        set_lr(run.optimizer, run.lr)
+        x, y = run.batches.next()
+        loss, wrong = train_step(run.step_model, run.optimizer, x, y, run.runtime)
+        run.counters.add(run.iteration, loss, wrong, len(y))  # on the device: no host sync
+        run.iteration += 1
+        run.images += len(y)
+        if gradients_every and run.iteration % gradients_every == 0:
+            log_gradient_stats(run.tracker.writer, run.model, run.iteration)  # reads the host once
+        if run.warming_up and run.iteration % sched.warmup.check_every == 0:
+            _check_warmup(run)
+        run.progress.advance(run.iteration)
+        run.eval_pending = (
+            run.iteration % sched.eval_every == 0 or run.iteration == sched.iterations
+        )
+        if sched.log_every and run.iteration % sched.log_every == 0 and not run.eval_pending:
+            _log_training_error(run)
+
+
+def _evaluate(run: Training, guard: SignalGuard) -> int | None:
+    """Log the error on the whole test set beside the training error since the last evaluation;
+    or, if the loss stopped being finite since, say so and return that iteration."""
+    run.train_time += time.perf_counter() - run.tick
+    bad_at = int(run.counters.bad_at.item())
+    if bad_at >= 0:
+        log.error(
+            "%s: the training loss is not finite at iteration %d; stopping (status diverged). "
+            "The last good checkpoint is kept.",
+            run.label,
+            bad_at + 1,
+        )
+        return bad_at + 1
+    train_error, train_loss = run.counters.take_train()
+    rt, data = run.runtime, run.data
+    test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.batches.mean,
+                                     run.batches.std, run.cfg.schedule.eval_batch_size, rt.dtype,
+                                     rt.memory_format, should_stop=guard.check)  # fmt: skip
+    run.log({"iteration": run.iteration, "train_error": train_error, "train_loss": train_loss,
+             "test_error": test_error, "test_loss": test_loss, "lr": run.lr,
+             "images_per_second": run.images / max(run.train_time, 1e-9) if run.images else None,
+             "wall_seconds": run.wall()})  # fmt: skip
+    run.eval_pending = False
+    return None
+
+
+def _log_training_error(run: Training) -> None:
+    """A training-error row between evaluations: Figure 6's thin curves, densely."""
+    train_error, train_loss = run.counters.take_train()
+    run.log({"iteration": run.iteration, "train_error": train_error, "train_loss": train_loss,
+             "lr": run.lr, "wall_seconds": run.wall()})  # fmt: skip
+
+
+def _check_warmup(run: Training) -> None:
+    """ResNet-110's warm-up (He et al. 2015, sec. 4.2): lr 0.01 until the training error is
+    below ``until_train_error`` (80%), then the schedule's lr; at most ``max_iterations``."""
+    warmup = run.cfg.schedule.warmup
+    warm_error = run.counters.take_warmup()
+    if warm_error < warmup.until_train_error or run.iteration >= warmup.max_iterations:
+        run.warming_up = False
+        log.info("warm-up over at iteration %d (training error %.1f%%): lr %g", run.iteration,
+                 warm_error, run.cfg.schedule.lr)  # fmt: skip
+
+
+def _checkpoint(run: Training, pending: bool) -> None:
+    """Save everything an exact resume needs: weights, optimizer, data order, counters, RNGs."""
+    try:
+        RunDir(run.run_dir).save_checkpoint(
+            {
+                "iteration": run.iteration,
+                "eval_pending": pending,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "batches": run.batches.state_dict(),
+                "counters": run.counters.state_dict(),
+                "random": random_states(),
+                "metrics": run.tracker.rows,
+                "warming_up": run.warming_up,
+                "lr": run.lr,
+                "wall_seconds": run.wall(),
+                "config": OmegaConf.to_container(run.cfg, resolve=True),
+                "segments": run.segments,
+            },
+        )
+    except OSError as e:
+        raise ResexpError(
+            f"could not write a checkpoint in {run.run_dir} ({e.strerror or e}); the previous "
+            "checkpoint is intact. Free some disk space and run the same command to resume."
+        ) from None
 
 
 def _write_summary(

@@ -11,9 +11,10 @@ import torch
 from rich.console import Console
 
 from resexp import bench as bench_module
+from resexp import runtime as runtime_module
 from resexp.bench import COMPILE_MODES, PILImages, baseline_transforms, bench, format_table
 from resexp.errors import ConfigError
-from resexp.train import autocast_dtype, memory_format_for
+from resexp.runtime import autocast_dtype, memory_format_for
 
 TINY = {
     "depth": 8,
@@ -226,7 +227,7 @@ def test_auto_compile_decides_as_train_fit_would_for_the_papers_run(monkeypatch)
         asked.append((option, device.type, iterations))
         return False
 
-    monkeypatch.setattr(bench_module, "compile_for", compile_for)
+    monkeypatch.setattr(runtime_module, "compile_for", compile_for)
     r = bench(**{**TINY, "compile": "auto", "baseline": False})
     assert asked == [("auto", "cpu", 64_000)]  # He et al. 2015, sec. 4.2: 64k iterations
     assert r["resexp"]["compile"] == "none" and r["options"]["compile"] == "auto"

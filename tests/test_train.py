@@ -9,20 +9,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from resexp import train
+from resexp import runtime, train
 from resexp.errors import ConfigError
-from resexp.train import (
+from resexp.runtime import (
     COMPILE_MIN_ITERATIONS,
     autocast_dtype,
     compile_for,
-    config_differences,
-    fit,
-    lr_at,
-    make_optimizer,
     memory_format_for,
     select_device,
-    set_lr,
 )
+from resexp.train import config_differences, fit, lr_at, make_optimizer, set_lr
 from tests.conftest import TINY
 
 
@@ -86,7 +82,7 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_on_cpus_that_have_it(monkeypatch, native):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
@@ -108,12 +104,12 @@ def test_channels_last_auto_on_cpu_and_cuda_and_any_spelling_of_true():
 
 def test_compile_auto_only_for_long_cpu_runs_with_a_compiler(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(train, "cpp_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(runtime, "cpp_compiler", lambda: "/usr/bin/g++")
     assert compile_for("auto", cpu, 64_000) is True
     assert compile_for("auto", cpu, COMPILE_MIN_ITERATIONS - 1) is False  # compiling costs more
     assert compile_for("auto", cuda, 64_000) is False  # not measured on a GPU yet
     assert compile_for("True", cuda, 10) is True and compile_for("false", cpu, 64_000) is False
-    monkeypatch.setattr(train, "cpp_compiler", lambda: None)
+    monkeypatch.setattr(runtime, "cpp_compiler", lambda: None)
     assert compile_for("auto", cpu, 64_000) is False  # Inductor could not build its kernels
     with pytest.raises(ConfigError, match="compile must be"):
         compile_for("max", cpu, 10)
@@ -124,9 +120,9 @@ def test_cpp_compiler_follows_cxx(monkeypatch, tmp_path):
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("CXX", str(fake))
-    assert train.cpp_compiler() == str(fake)
+    assert runtime.cpp_compiler() == str(fake)
     monkeypatch.setenv("CXX", str(tmp_path / "missing"))
-    assert train.cpp_compiler() is None
+    assert runtime.cpp_compiler() is None
 
 
 def test_config_differences_ignore_device_but_not_depth():

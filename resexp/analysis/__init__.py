@@ -129,7 +129,7 @@ def analyze(
     as strings (``"21"``, ``"true"``, ``"2,4,8"``) and are converted to the default's type.
     Raises ResexpError for an unknown analysis or option, or a target without runs.
     """
-    from resexp.train import select_device
+    from resexp.runtime import Runtime, select_device
 
     if name not in ANALYSES:
         raise ResexpError(
@@ -154,9 +154,9 @@ def analyze(
             "outputs/NAME/resnet-20/seed0 or a study folder such as outputs/NAME, train first "
             "with `resexp train`, or add unfinished=true to analyse runs that have not completed"
         )
-    dev = select_device(device)
+    runtime = Runtime(select_device(device))  # its defaults: fp32, eager, contiguous
     out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
-    settings = Settings(dev, images or None, batch_size, DataCache(dev))
+    settings = Settings(runtime, images or None, batch_size, DataCache(runtime.device))
     out.runs, out.samples = runs, settings.data.samples
     log.info(
         "analysis %s: %d run%s under %s -> %s",

@@ -26,6 +26,7 @@ from resexp.config import arch_name
 from resexp.errors import ResexpError
 from resexp.models import CifarResNet, build_model
 from resexp.rundir import RunDir, run_dirs, write_json
+from resexp.runtime import Runtime
 from resexp.tracking import format_seconds
 
 log = logging.getLogger("resexp.analysis")
@@ -132,14 +133,14 @@ class Run:
         return build_model(self.depth, self.residual, self.shortcut, self.block,
                            self.num_classes, family=self.family, stem=self.stem)  # fmt: skip
 
-    def trained(self, device: torch.device) -> tuple[CifarResNet, int]:
+    def trained(self, runtime: Runtime) -> tuple[CifarResNet, int]:
         """The network with its latest readable checkpoint, in eval mode, and that iteration."""
         state = self.dir.load_checkpoint()
         if state is None:
             raise ResexpError(f"{self.path} has no checkpoint; train it first")
         model = self.build()
         model.load_state_dict(state["model"])
-        return model.to(device).eval(), int(state["iteration"])
+        return runtime.prepare(model).eval(), int(state["iteration"])
 
 
 def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
@@ -279,7 +280,7 @@ class DataCache:
 class Settings:
     """The settings every analysis takes: where it runs and how many images it looks at."""
 
-    device: torch.device
+    runtime: Runtime  # fp32, eager, contiguous: measurements, not speed
     images: int | None  # test images (the first ones); None or 0: all of them
     batch_size: int
     data: DataCache

@@ -90,7 +90,7 @@ def analyze_gradients(
                 model = run.build()
                 if state_dict is not None:
                     model.load_state_dict(state_dict)
-                norms = conv_gradient_norms(model.to(settings.device), x, y)
+                norms = conv_gradient_norms(settings.runtime.prepare(model), x, y)
                 curves[run, state] = (iteration, [n for _, n in norms])
                 for i, (name, n) in enumerate(norms, start=1):
                     rows.append(

@@ -150,7 +150,7 @@ def analyze_landscape(
     rows, results = [], {}
     with out.steps("points", len(runs) * (steps_1d + len(plane))) as steps:
         for run in runs:
-            model, iteration = run.trained(settings.device)
+            model, iteration = run.trained(settings.runtime)
             x, y = settings.data(run).normalized("train", train_images)
             generator = torch.Generator().manual_seed(seed)
             d1 = filter_normalized_direction(model, generator)

@@ -175,7 +175,7 @@ def _measure(
     on_eval: Callable,
 ) -> dict:
     """One run: its error intact, without each single block, and without k random blocks."""
-    model, iteration = run.trained(settings.device)
+    model, iteration = run.trained(settings.runtime)
     x, y = settings.data(run).normalized("test", settings.images)
     bs = settings.batch_size
 

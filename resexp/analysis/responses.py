@@ -100,7 +100,7 @@ def analyze_responses(
     layer_names: dict[Run, list[str]] = {}
     with out.steps("runs", len(runs)) as steps:
         for run in runs:
-            model, iteration = run.trained(settings.device)
+            model, iteration = run.trained(settings.runtime)
             x, _ = settings.data(run).normalized(split, settings.images)
             n_images = len(x)
             stds = layer_response_stds(model, x, settings.batch_size)

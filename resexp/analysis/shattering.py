@@ -141,7 +141,7 @@ def analyze_shattering(
 ) -> None:
     """Autocorrelation of dy/dx along a line of inputs, plain vs residual, at initialization."""
     depths = tuple(sorted(int(d) for d in depths))
-    x = torch.linspace(-2, 2, points, device=settings.device)[:, None]  # (points, 1)
+    x = torch.linspace(-2, 2, points, device=settings.runtime.device)[:, None]  # (points, 1)
     acf: dict[tuple[bool, int], Tensor] = {}
     examples: dict[tuple[bool, int], Tensor] = {}
     lag1: dict[tuple[bool, int], list[float]] = {}
@@ -151,7 +151,7 @@ def analyze_shattering(
                 curves = []
                 for i in range(nets):
                     torch.manual_seed(seed + i)
-                    net = ScalarNet(depth, width, residual).to(settings.device)
+                    net = settings.runtime.prepare(ScalarNet(depth, width, residual))
                     g = input_gradients(net, x).cpu()
                     if i == 0:
                         examples[residual, depth] = g
@@ -363,8 +363,8 @@ def _cifar(
         for run in runs:
             x, y = settings.data(run).normalized("test", settings.images)
             pairs = min(image_pairs, len(x) // 2)
-            trained, iteration = run.trained(settings.device)
-            init = run.build().to(settings.device)
+            trained, iteration = run.trained(settings.runtime)
+            init = settings.runtime.prepare(run.build())
             calibrate_bn(init, x, settings.batch_size)
             entry = {"path": str(run.path), "iteration": iteration, "image_pairs": pairs}
             for state, model in (("initialization", init), ("trained", trained)):

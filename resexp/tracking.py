@@ -139,15 +139,20 @@ def log_gradient_stats(
 
 
 class Progress:
-    """Shows a run's progress: ``mode`` is bar, lines, none or auto (bar on a terminal)."""
+    """Shows a job's progress: ``mode`` is bar, lines, none or auto (bar on a terminal).
+
+    A training run reports its iterations (``advance``, ``report``); an analysis counts its
+    steps (``tick``), with a line about every 10% when not on a terminal.
+    """
 
     def __init__(self, label: str, total: int, start: int = 0, mode: str = "auto"):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         if mode not in ("bar", "lines", "none"):
             raise ValueError(f"progress must be auto, bar, lines or none, not {mode!r}")
-        self.label, self.total, self.mode = label, total, mode
+        self.label, self.total, self.mode = label, max(total, 1), mode
         self.start_iteration, self.start_time = start, time.perf_counter()
+        self.done, self._next_line = start, 0.0
         self._bar = None
         if mode == "bar":
             from rich.progress import (
@@ -199,9 +204,29 @@ class Progress:
                 format_seconds(eta),
             )
 
+    def tick(self, note: str = "") -> None:
+        """One more step done, with a note on what it measured."""
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, status=note)
+        elif self.mode == "lines":
+            fraction = self.done / self.total
+            if fraction >= self._next_line or self.done == self.total:
+                self._next_line = fraction + 0.1
+                elapsed = time.perf_counter() - self.start_time
+                left = elapsed / self.done * (self.total - self.done)
+                log.info("%s: %d/%d %s (%.0f s, time left ~%s)", self.label, self.done,
+                         self.total, note, elapsed, format_seconds(left))  # fmt: skip
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def format_seconds(seconds: float) -> str:

@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from resexp.analysis import ANALYSES, OPTIONS, analyze, describe, help_text, parse_options
-from resexp.analysis.common import error_and_loss, find_runs
+from resexp.analysis.common import batches, find_runs
 from resexp.analysis.gradients import conv_gradient_norms, log_gradient_stats
 from resexp.analysis.landscape import (
     filter_normalized_direction,
@@ -27,6 +27,7 @@ from resexp.analysis.responses import layer_response_stds, response_modules
 from resexp.analysis.shattering import ScalarNet, autocorrelation, input_gradients
 from resexp.errors import ResexpError
 from resexp.models import build_model
+from resexp.train import error_and_loss
 
 # Small settings for each analysis, so the whole file runs in well under a minute on 2 CPU cores.
 FAST = {
@@ -93,7 +94,7 @@ def test_lesions_leave_a_zero_branch_resnet_unchanged():
                 assert torch.equal(model(x), reference)
         with lesioned(model, list(range(len(model.blocks())))):
             assert torch.equal(model(x), reference)
-    base = error_and_loss(model, x, y, 8)[0]
+    base = error_and_loss(model, batches(x, y, 8))[0]
     assert single_lesion_errors(model, x, y, 8) == [base] * len(model.blocks())
     assert not any(b.lesioned for b in model.blocks())  # restored
 
@@ -211,7 +212,7 @@ def test_landscape_at_zero_is_the_models_loss_and_weights_are_restored():
     d = filter_normalized_direction(model, torch.Generator().manual_seed(1))
     coords = torch.tensor([[0.0], [1.0], [0.0]])
     losses, errors = loss_surface(model, [d], coords, x, y, batch_size=8)
-    error, loss = error_and_loss(model, x, y, 20)
+    error, loss = error_and_loss(model, batches(x, y, 20))
     assert losses[0].item() == pytest.approx(loss, rel=1e-5)
     assert errors[0].item() == pytest.approx(error)
     assert losses[2] == losses[0] and losses[1] != losses[0]

@@ -12,8 +12,6 @@ import csv
 import json
 import logging
 import math
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from resexp.errors import ResexpError
 from resexp.models import CifarResNet, build_model
 from resexp.rundir import RunDir, run_dirs, write_json
 from resexp.runtime import Runtime
-from resexp.tracking import format_seconds
+from resexp.tracking import Progress
 
 log = logging.getLogger("resexp.analysis")
 
@@ -292,85 +290,6 @@ def batches(x: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[Tensor, Ten
         yield x[start : start + batch_size], y[start : start + batch_size]
 
 
-@torch.no_grad()
-def error_and_loss(
-    model: torch.nn.Module, x: Tensor, y: Tensor, batch_size: int
-) -> tuple[float, float]:
-    """Error (%) and mean cross-entropy of ``model`` as it is (eval or train mode) on x, y."""
-    wrong, loss = 0, 0.0
-    for xb, yb in batches(x, y, batch_size):
-        out = model(xb)
-        wrong += int((out.argmax(1) != yb).sum())
-        loss += float(torch.nn.functional.cross_entropy(out.float(), yb, reduction="sum"))
-    return 100.0 * wrong / len(y), loss / len(y)
-
-
-# ----------------------------------------------------------------------------------------------
-# Progress: a rich bar on a terminal, a few plain log lines elsewhere
-
-
-class Steps:
-    """Progress over ``total`` steps of one analysis."""
-
-    def __init__(self, label: str, total: int, mode: str = "auto"):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.label, self.total, self.mode, self.done = label, max(total, 1), mode, 0
-        self.start = time.perf_counter()
-        self._next_line = 0.0
-        self._bar = None
-        if mode == "bar":
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
-
-            self._bar = RichProgress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[note]}"),
-            )
-            self._task = self._bar.add_task(label, total=self.total, note="")
-            self._bar.start()
-
-    def advance(self, note: str = "") -> None:
-        self.done += 1
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.done, note=note)
-        elif self.mode == "lines":
-            fraction = self.done / self.total
-            if fraction >= self._next_line or self.done == self.total:  # about every 10%
-                self._next_line = fraction + 0.1
-                elapsed = time.perf_counter() - self.start
-                left = elapsed / self.done * (self.total - self.done)
-                log.info(
-                    "%s: %d/%d %s (%.0f s, time left ~%s)",
-                    self.label,
-                    self.done,
-                    self.total,
-                    note,
-                    elapsed,
-                    format_seconds(left),
-                )
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def __enter__(self) -> Steps:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # ----------------------------------------------------------------------------------------------
 # Output: PNG, CSV, JSON, TensorBoard, and the checks against the literature
 
@@ -405,8 +324,8 @@ class Output:
             self._writer = SummaryWriter(log_dir=str(tb))
         return self._writer
 
-    def steps(self, label: str, total: int) -> Steps:
-        return Steps(f"{self.name} {label}", total, self.progress)
+    def steps(self, label: str, total: int) -> Progress:
+        return Progress(f"{self.name} {label}", total, mode=self.progress)
 
     def _record(self, path: Path) -> Path:
         if path not in self.written:
@@ -509,13 +428,6 @@ def _finite(obj: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # Plot styles: one colour per depth, plain dashed, residual solid (He et al. 2015, Figs. 6-7)
-
-
-def depth_colors(depths: Sequence[int]) -> dict[int, Any]:
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-    return {d: cmap(i % 10) for i, d in enumerate(sorted(set(depths)))}
 
 
 def integer_ticks(ax) -> None:

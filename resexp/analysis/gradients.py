@@ -26,12 +26,12 @@ from resexp.analysis.common import (
     Output,
     Run,
     Settings,
-    depth_colors,
     integer_ticks,
     line_style,
     new_figure,
     pairs_by_depth,
 )
+from resexp.compare.figure import depth_colors
 from resexp.tracking import log_gradient_stats  # noqa: F401  (re-exported)
 
 OPTIONS: dict[str, tuple[object, str]] = {
@@ -104,7 +104,7 @@ def analyze_gradients(
                         }
                     )
                     out.writer.add_scalar(f"grad_norm/{run.arch}/seed{run.seed}/{state}", n, i)
-                steps.advance(f"{run.label} {state}")
+                steps.tick(f"{run.label} {state}")
 
     out.csv("gradients", rows)
     _plot(out, runs, curves)

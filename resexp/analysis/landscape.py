@@ -26,14 +26,15 @@ from resexp.analysis.common import (
     Output,
     Run,
     Settings,
-    depth_colors,
-    error_and_loss,
+    batches,
     group_by_arch,
     line_style,
     new_figure,
     pairs_by_depth,
 )
+from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
+from resexp.train import error_and_loss
 
 SOURCE = "Li et al. 2018, Fig. 5"
 NONCONVEX_RATIO = 0.1  # a negative curvature counts when |lambda_min| > 10% of lambda_max
@@ -98,7 +99,7 @@ def loss_surface(
                 p.copy_(base[j])
                 for a, d in zip(c, directions, strict=True):
                     p.add_(d[j], alpha=a)
-            errors[i], losses[i] = error_and_loss(model, x, y, batch_size)
+            errors[i], losses[i] = error_and_loss(model, batches(x, y, batch_size))
             if on_point is not None:
                 on_point()
     finally:

@@ -29,8 +29,7 @@ from resexp.analysis.common import (
     Output,
     Run,
     Settings,
-    depth_colors,
-    error_and_loss,
+    batches,
     group_by_arch,
     integer_ticks,
     line_style,
@@ -38,8 +37,10 @@ from resexp.analysis.common import (
     new_figure,
     pairs_by_depth,
 )
+from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
 from resexp.models import CifarResNet
+from resexp.train import error_and_loss
 
 SOURCE = "Veit et al. 2016, sec. 4"
 
@@ -104,7 +105,7 @@ def lesioned_error(
 ) -> float:
     """Test error (%) of ``model`` without blocks ``removed`` (0-based)."""
     with lesioned(model, removed):
-        error = error_and_loss(model, x, y, batch_size)[0]
+        error = error_and_loss(model, batches(x, y, batch_size))[0]
     if on_eval is not None:
         on_eval(f"without blocks {[i + 1 for i in removed]}: {error:.1f}%")
     return error

@@ -24,13 +24,13 @@ from resexp.analysis.common import (
     Run,
     Settings,
     batches,
-    depth_colors,
     group_by_arch,
     integer_ticks,
     line_style,
     new_figure,
     pairs_by_depth,
 )
+from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
 from resexp.models import CifarResNet
 
@@ -109,7 +109,7 @@ def analyze_responses(
             for i, (name, s) in enumerate(stds, start=1):
                 rows.append(_row(run, iteration, i, name, s))
                 out.writer.add_scalar(f"responses/{run.arch}/seed{run.seed}", s, i)
-            steps.advance(f"{run.label}: mean std {sum(per_run[run]) / len(stds):.3f}")
+            steps.tick(f"{run.label}: mean std {sum(per_run[run]) / len(stds):.3f}")
 
     out.csv("responses", rows)
     _plot(out, runs, per_run)

@@ -31,11 +31,11 @@ from resexp.analysis.common import (
     Output,
     Run,
     Settings,
-    depth_colors,
     group_by_arch,
     line_style,
     new_figure,
 )
+from resexp.compare.figure import depth_colors
 
 SOURCE = "Balduzzi et al. 2017, secs. 2-3"
 NOISE_LEVEL = 0.1  # |lag-1 autocorrelation| below this counts as white noise
@@ -160,7 +160,7 @@ def analyze_shattering(
                 acf[residual, depth] = stacked.nanmean(0)
                 lag1[residual, depth] = stacked[:, 1].tolist()
                 kind = "resnet" if residual else "plain"
-                steps.advance(f"{kind} L={depth}: lag-1 {float(acf[residual, depth][1]):.3f}")
+                steps.tick(f"{kind} L={depth}: lag-1 {float(acf[residual, depth][1]):.3f}")
                 out.writer.add_scalar(
                     f"shattering/lag1_{kind}", float(acf[residual, depth][1]), depth
                 )
@@ -393,7 +393,7 @@ def _cifar(
                     for k, v in enumerate(r.tolist())
                 ]
             result[run.label] = entry
-            steps.advance(f"{run.label}: lag-1 init {entry['initialization']['lag1']:.3f}")
+            steps.tick(f"{run.label}: lag-1 init {entry['initialization']['lag1']:.3f}")
 
     fig, axes = new_figure(1, 2, size=(4.6, 3.4))
     colors = depth_colors([r.depth for r in runs])

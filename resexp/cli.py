@@ -397,7 +397,7 @@ def sweep(
         from resexp.rundir import CheckpointError
 
         for run in plan.runs:  # every run, its folder included, before any is launched
-            cfg = check_config(plan.base_overrides + run.overrides)
+            cfg = check_config(run.overrides)
             try:
                 check_run(cfg)
             except CheckpointError as e:  # that run fails in its job; the others still run
@@ -445,7 +445,7 @@ def sweep(
     monitor = sweeps.Monitor(plan, interval=interval)
     monitor.start()
     try:
-        run_hydra(sweep_task, ["-m", *plan.base_overrides, *plan.sweep_overrides])
+        run_hydra(sweep_task, ["-m", *plan.args])
     finally:
         monitor.stop()
     table, failed = sweeps.report_table(plan)

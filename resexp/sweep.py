@@ -10,7 +10,6 @@ the launcher works, and reports what completed, what was skipped and what failed
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import threading
@@ -31,7 +30,8 @@ REFUSALS = "sweep-refusals.jsonl"  # in the study folder: runs a sweep's job ref
 
 @dataclass
 class PlannedRun:
-    """One point of the grid: its overrides, its resolved config and its directory."""
+    """One point of the grid: its overrides (all of them, as Hydra runs it), its resolved config
+    and its directory."""
 
     overrides: list[str]
     run_dir: Path
@@ -45,8 +45,7 @@ class PlannedRun:
 @dataclass
 class Plan:
     runs: list[PlannedRun]
-    base_overrides: list[str]
-    sweep_overrides: list[str]
+    args: list[str]  # the command line, as Hydra's sweeper gets it
     study_dir: Path
     launcher: str = "basic"
     n_jobs: int = 1  # runs at once (joblib's n_jobs; 1 for the basic launcher)
@@ -80,45 +79,28 @@ def translate_args(args: list[str]) -> list[str]:
 
 
 def plan_sweep(args: list[str], compose: Callable) -> Plan:
-    """Expand the grid of ``args`` (already translated) into its runs, as Hydra's sweeper will."""
+    """The runs of the grid ``args`` (already translated) describe, expanded by Hydra's own
+    sweeper: a preset's ``hydra.sweeper.params`` first, then the command line, whose axes (or
+    single values, e.g. ``depth=56``) replace the preset's."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
     parser = OverridesParser.create()
-    parsed = parser.parse_overrides(args)
-    base = [o.input_line for o in parsed if not o.is_sweep_override()]
-    cli_sweeps = {
-        o.get_key_element(): list(o.sweep_string_iterator())
-        for o in parsed
-        if o.is_sweep_override()
-    }
-
+    base = [o.input_line for o in parser.parse_overrides(args) if not o.is_sweep_override()]
     hydra_cfg = compose(base, return_hydra_config=True)
-    preset = hydra_cfg.hydra.sweeper.get("params") or {}
-    sweeps: dict[str, list[str]] = {}
-    for key, value in preset.items():
-        (o,) = parser.parse_overrides([f"{key}={value}"])
-        sweeps[key] = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
-    # The command line wins over the preset, as in Hydra's sweeper: `depth=20,56` or a single
-    # `depth=56` replaces the preset's depth axis.
-    sweeps.update(cli_sweeps)
-    for o in parsed:
-        key = o.get_key_element()
-        if not o.is_sweep_override() and key in sweeps:
-            sweeps[key] = [o.input_line.split("=", 1)[1]]
-            base.remove(o.input_line)
+    preset = [f"{k}={v}" for k, v in (hydra_cfg.hydra.sweeper.get("params") or {}).items()]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(preset + args), None)
     launcher = str(hydra_cfg.hydra.launcher.get("_target_", "basic")).split(".")[-1]
 
     runs = []
-    keys = list(sweeps)
-    for values in itertools.product(*(sweeps[k] for k in keys)):
-        point = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
-        cfg = compose(base + point)
+    for job in jobs:
+        cfg = compose(job)
         run_dir = Path(cfg.run_dir)
         summary = RunDir(run_dir).read_summary()
         runs.append(
             PlannedRun(
-                overrides=point,
+                overrides=job,
                 run_dir=run_dir,
                 iterations=int(cfg.schedule.iterations),
                 data=OmegaConf.to_container(cfg.data, resolve=True),
@@ -127,13 +109,12 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
             )
         )
     study_dir = Path(compose(base).output_root) / str(compose(base).name)
-    sweep_overrides = [f"{k}={','.join(v)}" for k, v in sweeps.items()]
     n_jobs = int(hydra_cfg.hydra.launcher.get("n_jobs") or 1) if launcher != "basic" else 1
     if n_jobs < 1:  # joblib's -1: one per core
         import os
 
         n_jobs = os.cpu_count() or 1
-    return Plan(runs, base, sweep_overrides, study_dir, launcher, max(n_jobs, 1))
+    return Plan(runs, args, study_dir, launcher, max(n_jobs, 1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from resexp.analysis import ANALYSES, OPTIONS, analyze, describe, help_text, parse_options
+from resexp.analysis import (
+    ANALYSES,
+    COMMON_OPTIONS,
+    OPTIONS,
+    analyze,
+    describe,
+    help_text,
+    parse_options,
+)
 from resexp.analysis.common import batches, find_runs
 from resexp.analysis.gradients import conv_gradient_norms, log_gradient_stats
 from resexp.analysis.landscape import (
@@ -306,6 +314,12 @@ def test_describe_lists_every_analysis_with_its_options():
     assert {o["name"] for o in entries["landscape"]["options"]} >= {"steps_1d", "steps_2d"}
     assert not entries["shattering"]["needs_runs"] and entries["lesion"]["needs_runs"]
     assert "steps_1d=21" in help_text()
+
+
+def test_analyze_chooses_its_device_as_train_does():
+    from resexp.config import Config
+
+    assert COMMON_OPTIONS["device"][0] == Config.device == "auto"
 
 
 def test_find_runs_in_a_study_and_in_a_run(study):

@@ -70,7 +70,10 @@ NEEDS_NO_RUNS = {"shattering"}
 
 COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "out_dir": (None, "where the results go (default: <target>/analysis/<name>/)"),
-    "device": ("cpu", "cpu, cuda, cuda:N, mps or auto"),
+    "device": (
+        "auto",
+        "auto (as resexp train: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps",
+    ),
     "images": (2000, "test images used: a seeded, class-balanced sample (0: the whole set)"),
     "unfinished": (False, "also analyse runs that have not completed, named as such"),
     "batch_size": (500, "images per forward pass"),
@@ -116,7 +119,7 @@ def analyze(
     target: Path | str,
     *,
     out_dir: Path | str | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     images: int | None = 2000,
     batch_size: int = 500,
     progress: str = "auto",

@@ -157,7 +157,7 @@ def analyze_landscape(
             d1 = filter_normalized_direction(model, generator)
             d2 = filter_normalized_direction(model, generator)
             bs = settings.batch_size
-            loss_1d, err_1d = loss_surface(model, [d1], alphas[:, None], x, y, bs, steps.advance)
+            loss_1d, err_1d = loss_surface(model, [d1], alphas[:, None], x, y, bs, steps.tick)
             result = {
                 "path": str(run.path),
                 "iteration": iteration,
@@ -172,7 +172,7 @@ def analyze_landscape(
                 for a, lo, e in zip(alphas.tolist(), loss_1d.tolist(), err_1d.tolist(), strict=True)
             ]
             if steps_2d:
-                loss_2d, err_2d = loss_surface(model, [d1, d2], plane, x, y, bs, steps.advance)
+                loss_2d, err_2d = loss_surface(model, [d1, d2], plane, x, y, bs, steps.tick)
                 loss_2d, err_2d = loss_2d.view(steps_2d, steps_2d), err_2d.view(steps_2d, steps_2d)
                 result.update(
                     grid=grid.tolist(),

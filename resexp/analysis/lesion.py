@@ -142,7 +142,7 @@ def analyze_lesion(
     with out.steps("evaluations", sum(p[2] for p in plans.values())) as steps:
         for run in runs:
             pool, k_max, _ = plans[run]
-            results[run] = _measure(run, settings, pool, k_max, draws, seed, steps.advance)
+            results[run] = _measure(run, settings, pool, k_max, draws, seed, steps.tick)
     rows = [row for run, r in results.items() for row in _rows(run, r)]
     if any(not run.residual for run in runs):
         log.info("lesion: %s", NOTES[0])

@@ -56,3 +56,18 @@ def test_tensorboard_reads_every_run_and_the_shared_charts(study):
         assert len(events.Scalars("error/train")) > len(events.Scalars("error/test"))
         layouts += "custom_scalars__config__" in events.PluginTagToContent("custom_scalars")
     assert layouts, "no run carries the custom-scalars layout (run `resexp compare`)"
+
+
+ANALYSES = sorted((REPO / "results").glob("*/analyses/*/*.json"))
+
+
+@pytest.mark.parametrize("path", ANALYSES, ids=lambda p: f"{p.parents[2].name}-{p.stem}")
+def test_published_analyses_are_of_completed_runs_on_balanced_samples(path):
+    import json
+
+    result = json.loads(path.read_text())
+    assert result["checks"] and all("agrees" in c for c in result["checks"])
+    assert all(r["status"] == "completed" for r in result["analysed_runs"])
+    for sample in result["samples"]:
+        counts = sample["per_class"]
+        assert max(counts) - min(counts) <= 1, f"{path}: unbalanced sample {sample}"

@@ -43,6 +43,7 @@ from resexp.train import Counters, evaluate, lr_at, make_batches, make_optimizer
 
 if TYPE_CHECKING:
     from rich.table import Table
+    from torchvision.transforms import Compose
 
 COMPILE_MODES = ("auto", "none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 DATA_SOURCES = ("synthetic", "cifar10", "folder")
@@ -211,7 +212,7 @@ class PILImages(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.data[i])), self.targets[i]
 
 
-def baseline_transforms(train_x: torch.Tensor, train: bool) -> Callable:
+def baseline_transforms(train_x: torch.Tensor, train: bool) -> Compose:
     """akamaster's pipeline, with this data set's per-channel mean and std."""
     from torchvision import transforms
 
@@ -253,9 +254,8 @@ class _Baseline:
         )
         self.workers = baseline_workers()
         self.pin_memory = device.type == "cuda"
-        self.train_set = PILImages(
-            data.train_x, data.train_y, baseline_transforms(data.train_x, train=True)
-        )
+        self.train_transform = baseline_transforms(data.train_x, train=True)
+        self.train_set = PILImages(data.train_x, data.train_y, self.train_transform)
         self.test_set = PILImages(
             data.test_x, data.test_y, baseline_transforms(data.train_x, train=False)
         )
@@ -475,7 +475,7 @@ def _measure(
             "compile": "none",
             "workers": base.workers,
             "pin_memory": base.pin_memory,
-            "transforms": [type(t).__name__ for t in base.train_set.transform.transforms],
+            "transforms": [type(t).__name__ for t in base.train_transform.transforms],
             **_rates(base_times, batch_size),
             "eval_images_per_s": len(images.test_y) / base_eval_s,
             "eval_batch_size": batch_size,

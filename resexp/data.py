@@ -388,11 +388,13 @@ def _list_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"{root} has no {split}/ folder; {what}")
-        classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
+        class_folders = sorted(
+            p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
+        if not class_folders:
             raise DataError(f"{folder} has no class folders; {what}")
         splits[split] = {}
-        for c in classes:
+        for c in class_folders:
             images = sorted(
                 p
                 for p in c.iterdir()

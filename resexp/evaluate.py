@@ -34,7 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,9 @@ from torch import Tensor
 
 from resexp.errors import ConfigError, ResexpError
 from resexp.runtime import Runtime, resolve
+
+if TYPE_CHECKING:
+    from resexp.models import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,7 @@ def from_akamaster(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 class Weights:
     """A trained network, where it came from, and how its inputs must be normalised."""
 
-    model: torch.nn.Module  # on the CPU, in eval mode
+    model: ResNet  # on the CPU, in eval mode
     kind: str  # "resexp" | "akamaster"
     label: str  # resnet-20/seed0, or the file's name
     path: Path  # the checkpoint read
@@ -331,7 +334,7 @@ def _akamaster_weights(
     if wrong:
         raise ResexpError(f"{where}: tensors of the wrong shape: {', '.join(wrong[:3])}")
     model.load_state_dict(mapped)
-    reference = {}
+    reference: dict[str, Any] = {}
     best = state.get("best_prec1") if isinstance(state, dict) else None
     if best is not None:
         reference["best_prec1"] = float(best)
@@ -382,7 +385,9 @@ def confusion_and_loss(
     from resexp.data import eval_batches
 
     model.eval()
-    outputs = model.fc.out_features
+    fc = model.fc  # a resexp network's (or its compiled wrapper's) classifier
+    assert isinstance(fc, torch.nn.Linear)
+    outputs = fc.out_features
     confusion = torch.zeros(num_classes * outputs, dtype=torch.long, device=x.device)
     loss = torch.zeros((), dtype=torch.float64, device=x.device)
     for xb, yb in eval_batches(x, y, batch_size, mean, std, memory_format=memory_format):
@@ -639,7 +644,9 @@ def _data_config(weights: Weights, cfg: Any, keys: Sequence[str], new_data: bool
 def _plain(node: Any) -> dict:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    if OmegaConf.is_config(node):
+        return cast(dict, OmegaConf.to_container(node, resolve=True))  # a data config: a dict
+    return dict(node)
 
 
 # ----------------------------------------------------------------------------------------------

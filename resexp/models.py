@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Literal, TypeAlias, cast
 
 import torch
 import torch.nn as nn
@@ -79,7 +79,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-def check_depth(depth: int, block: str = "basic") -> int:
+def check_depth(depth: object, block: str = "basic") -> int:
     """Return n for a CIFAR net's depth: 6n+2 layers (two 3x3 convs a block), or 9n+2 for
     ``block="bottleneck"`` (three convs a block); raise ValueError for any other depth."""
     if block == "bottleneck":
@@ -199,11 +199,11 @@ class Residual(nn.Module):
         self.in_shape = tuple(in_shape) if in_shape is not None else _input_shape(layer)
         self.out_shape = _output_shape(layer, self.in_shape)
         fitted = shortcut_between(self.in_shape, self.out_shape, shortcut)
-        self.shortcut = fitted if residual else None
+        self.shortcut: nn.Module | None = fitted if residual else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer(x)
-        if self.residual:
+        if self.shortcut is not None:  # residual
             out = out + self.shortcut(x)  # the one line that makes it residual
         return out
 
@@ -286,7 +286,7 @@ class _Block(nn.Module):
         projection_bn: bool = True,
     ) -> None:
         super().__init__()
-        self.shortcut = (
+        self.shortcut: nn.Module | None = (
             make_shortcut(in_planes, out_planes, stride, shortcut, projection_bn)
             if residual
             else None
@@ -332,12 +332,12 @@ class BasicBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lesioned:
-            return F.relu(self.shortcut(x)) if self.residual else x
+            return F.relu(self.shortcut(x)) if self.shortcut is not None else x
 
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
 
-        if self.residual:
+        if self.shortcut is not None:  # residual
             out = out + self.shortcut(x)  # the one line that makes it a ResNet
         return F.relu(out)
 
@@ -365,12 +365,12 @@ class PreActBlock(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lesioned:
-            return self.shortcut(x) if self.residual else x
+            return self.shortcut(x) if self.shortcut is not None else x
 
         out = self.conv1(F.relu(self.bn1(x)))
         out = self.conv2(F.relu(self.bn2(out)))
 
-        if self.residual:
+        if self.shortcut is not None:  # residual
             out = out + self.shortcut(x)
         return out
 
@@ -400,9 +400,11 @@ class HighwayBlock(_Block):
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.gate = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
+        assert self.gate.bias is not None  # bias=True
         nn.init.constant_(self.gate.bias, gate_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.shortcut is not None  # always there: __init__ refuses residual=False
         if self.lesioned:  # a gate shut on the transform path: T = 0
             return F.relu(self.shortcut(x))
 
@@ -441,13 +443,13 @@ class Bottleneck(_Block):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.lesioned:
-            return F.relu(self.shortcut(x)) if self.residual else x
+            return F.relu(self.shortcut(x)) if self.shortcut is not None else x
 
         out = F.relu(self.bn1(self.conv1(x)))  # (B, planes, H, W)
         out = F.relu(self.bn2(self.conv2(out)))  # (B, planes, H/s, W/s)
         out = self.bn3(self.conv3(out))  # (B, 4 planes, H/s, W/s)
 
-        if self.residual:
+        if self.shortcut is not None:  # residual
             out = out + self.shortcut(x)
         return F.relu(out)
 
@@ -486,13 +488,13 @@ class PreActBottleneck(_Block):
         pre = F.relu(self.bn1(x)) if self.bn1 is not None else x
         into_shortcut = x if self.same_shape else pre
         if self.lesioned:
-            return self.shortcut(into_shortcut) if self.residual else x
+            return self.shortcut(into_shortcut) if self.shortcut is not None else x
 
         out = self.conv1(pre)  # (B, planes, H, W)
         out = self.conv2(F.relu(self.bn2(out)))  # (B, planes, H/s, W/s)
         out = self.conv3(F.relu(self.bn3(out)))  # (B, 4 planes, H/s, W/s)
 
-        if self.residual:
+        if self.shortcut is not None:  # residual
             out = out + self.shortcut(into_shortcut)
         return out
 
@@ -599,7 +601,7 @@ class _ResNet(nn.Module):
         widths: Sequence[int],
         counts: Sequence[int],
         residual: bool,
-        shortcut: str,
+        shortcut: Shortcut,
     ) -> int:
         """Stages layer1, layer2, ... of ``counts`` blocks; the first block of every stage but the
         first one halves the map (stride 2). Returns the channels of the last stage."""
@@ -631,7 +633,8 @@ class _ResNet(nn.Module):
 
     def blocks(self) -> list[_Block]:
         """All blocks, in the order the input passes through them."""
-        return [b for stage in self.stages() for b in stage]
+        # cast: an nn.Sequential holds Modules; _make_stages puts only blocks into these.
+        return cast(list[_Block], [b for stage in self.stages() for b in stage])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))  # (B, C0, H, W); ImageNet stem: (B, 64, H/2, W/2)
@@ -682,7 +685,9 @@ class CifarResNet(_ResNet):
             block_type, WIDTHS[0], WIDTHS, [self.n] * 3, residual, shortcut
         )
         if block == "bottleneck":  # the stem's BN-ReLU pre-activates it (He et al. 2016, appendix)
-            self.layer1[0].bn1 = None
+            first = self.blocks()[0]
+            assert isinstance(first, PreActBottleneck)
+            first.bn1 = None
         # Pre-activation blocks end on an addition, so the net needs one more BN-ReLU before
         # pooling; the stem's BN-ReLU is their "first activation right after conv1 and before
         # splitting into two paths" (He et al. 2016, appendix).
@@ -735,25 +740,34 @@ class ImageNetResNet(_ResNet):
         self._init_weights()
 
 
+# Either family's network: what ``build_model`` returns.
+ResNet: TypeAlias = CifarResNet | ImageNetResNet
+
+
 def build_model(
     depth: int,
     residual: bool = True,
-    shortcut: Shortcut = "A",
-    block: BlockKind = "basic",
+    shortcut: str = "A",
+    block: str = "basic",
     num_classes: int = 10,
     *,
-    family: Family = "cifar",
-    stem: Stem = "cifar",
-) -> CifarResNet | ImageNetResNet:
+    family: str = "cifar",
+    stem: str = "cifar",
+) -> ResNet:
     """The network the config's keys describe; ValueError lists every invalid argument.
 
     ``family="cifar"``: 6n+2 layers (9n+2 with ``block="bottleneck"``); ``family="imagenet"``:
     ResNet-18, 34, 50, 101 or 152, its block fixed by the depth.
     """
     check_architecture(depth, residual, shortcut, block, family, stem, num_classes)
+    # The casts: check_architecture has just checked each string against its choices.
     if family == "imagenet":
-        return ImageNetResNet(depth, residual, shortcut, stem, num_classes)
-    return CifarResNet(depth, residual, shortcut, block, num_classes)
+        return ImageNetResNet(
+            depth, residual, cast(Shortcut, shortcut), cast(Stem, stem), num_classes
+        )
+    return CifarResNet(
+        depth, residual, cast(Shortcut, shortcut), cast(BlockKind, block), num_classes
+    )
 
 
 # -------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import contextlib
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -68,8 +68,13 @@ class Runtime:
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move ``model`` to the device and memory format, in place; return the module to call:
         ``model`` itself, or its compiled wrapper, which shares its parameters (save ``model``)."""
-        model.to(device=self.device, memory_format=self.memory_format)
-        return torch.compile(model, mode=self.compile_mode) if self.compile else model
+        model.to(self.device)
+        model.to(memory_format=self.memory_format)  # Module.to takes it alone, as documented
+        if not self.compile:
+            return model
+        # cast: torch types compile's result as any callable; for a module it is a module (an
+        # OptimizedModule, which shares the model's parameters).
+        return cast(torch.nn.Module, torch.compile(model, mode=self.compile_mode))
 
 
 def resolve(cfg: Any, iterations: int | None = None) -> Runtime:

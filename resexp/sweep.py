@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from resexp.rundir import RunDir, read_metrics
 from resexp.tracking import format_seconds
@@ -103,7 +103,7 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
                 overrides=job,
                 run_dir=run_dir,
                 iterations=int(cfg.schedule.iterations),
-                data=OmegaConf.to_container(cfg.data, resolve=True),
+                data=cast(dict, OmegaConf.to_container(cfg.data, resolve=True)),
                 done_before=bool(summary and summary.get("status") == "completed"),
                 cfg=cfg,
             )
@@ -138,9 +138,9 @@ def time_steps(cfg: Any, steps: int = 3) -> float:
     runtime.apply()
     try:
         classes = num_classes(cfg) or 10
-        model = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, classes,
-                            family=cfg.family, stem=cfg.stem)  # fmt: skip
-        model = runtime.prepare(model).train()
+        net = build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, classes,
+                          family=cfg.family, stem=cfg.stem)  # fmt: skip
+        model = runtime.prepare(net).train()
         optimizer = make_optimizer(model, cfg.schedule, fused=device.type == "cuda")
         n = cfg.schedule.batch_size
         x = torch.randn(n, 3, 32, 32, device=device).to(memory_format=runtime.memory_format)
@@ -254,7 +254,7 @@ class Monitor(threading.Thread):
     def snapshot(self) -> tuple[int, int, list[str], float]:
         """(finished runs, total runs to do, runs in flight, work done so far: iterations,
         weighted by their measured seconds where the plan has them)."""
-        finished, in_flight, iterations = 0, [], 0
+        finished, in_flight, iterations = 0, [], 0.0
         for run in self.todo:
             folder = RunDir(run.run_dir)
             summary, rows = folder.read_summary(), folder.read_metrics()

@@ -11,11 +11,15 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
 from resexp.rundir import RunDir, atomic_write
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.writer import FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +60,7 @@ class Tracker:
             from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
             _, start, _ = hparams_summaries(hparams, {"error/test": None, "error/train": None})
-            self.writer.file_writer.add_summary(start)
+            file_writer(self.writer).add_summary(start)
 
     def log_row(self, row: dict) -> None:
         """Record one row: iteration, training error (%) and loss, lr, and at evaluations the
@@ -89,8 +93,14 @@ class Tracker:
             from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
             _, _, end = hparams_summaries(self.hparams, {"error/test": None})
-            self.writer.file_writer.add_summary(session_end(end, status))
+            file_writer(self.writer).add_summary(session_end(end, status))
         self.writer.close()
+
+
+def file_writer(writer: SummaryWriter) -> FileWriter:
+    """The event file ``writer`` writes summaries to, opened by ``SummaryWriter.__init__``
+    (torch's code sets the attribute to None first, so type checkers take it for None)."""
+    return cast("FileWriter", writer.file_writer)
 
 
 def session_end(end: Any, status: str) -> Any:
@@ -120,17 +130,17 @@ def log_gradient_stats(
     in the model or its gradients changes. Works on a ``torch.compile``d model too.
     """
     named = [
-        (name.removeprefix("_orig_mod.").removesuffix(".weight"), p)
+        (name.removeprefix("_orig_mod.").removesuffix(".weight"), p, p.grad)
         for name, p in model.named_parameters()
         if p.dim() > 1 and p.grad is not None
     ]
     if not named:
         return
-    norms = torch.stack([p.grad.detach().float().norm() for _, p in named]).cpu().tolist()
-    for (name, _), n in zip(named, norms, strict=True):
+    norms = torch.stack([grad.detach().float().norm() for _, _, grad in named]).cpu().tolist()
+    for (name, _, _), n in zip(named, norms, strict=True):
         writer.add_scalar(f"grad_norm/{name}", n, step)
     if histograms:
-        for name, p in named:
+        for name, p, _ in named:
             writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
 
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -227,7 +227,8 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> 
     saved = state["config"] if state else RunDir(run_dir).read_config()
     if saved is None:
         return
-    differing = config_differences(saved, OmegaConf.to_container(cfg, resolve=True))
+    current = cast(dict, OmegaConf.to_container(cfg, resolve=True))  # DictConfig: a dict
+    differing = config_differences(saved, current)
     if differing:
         raise ConfigError(
             f"{run_dir} holds a run made with another config (differs in: "
@@ -560,7 +561,9 @@ def _train(run: Training, guard: SignalGuard) -> dict:
             _write_summary(run.cfg, run.run_dir, run.model, run.data, rt.device, rt.dtype,
                            rt.memory_format, run.tracker.rows, status, diverged_at, run.wall(),
                            run.iteration, run.segments)  # fmt: skip
-    return RunDir(run.run_dir).read_summary()
+    summary = RunDir(run.run_dir).read_summary()
+    assert summary is not None  # written above: the run ended without an exception
+    return summary
 
 
 def _loop(run: Training, guard: SignalGuard) -> int | None:

@@ -96,5 +96,5 @@ def test_dev_extra_brings_what_the_tests_need():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = " ".join(project["dependencies"] + project["optional-dependencies"]["dev"])
-    for needed in ("pytest", "ruff", "hydra-joblib-launcher", "hydra-submitit-launcher"):
+    for needed in ("pytest", "ruff", "mypy", "hydra-joblib-launcher", "hydra-submitit-launcher"):
         assert needed in deps

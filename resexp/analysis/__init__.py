@@ -91,8 +91,8 @@ def describe() -> list[dict[str, Any]]:
         entries.append(
             {
                 "name": name,
-                "summary": inspect.getdoc(function).splitlines()[0],
-                "source": inspect.getdoc(module).splitlines()[0].rstrip(":,"),
+                "summary": (inspect.getdoc(function) or name).splitlines()[0],
+                "source": (inspect.getdoc(module) or name).splitlines()[0].rstrip(":,"),
                 "needs_runs": name not in NEEDS_NO_RUNS,
                 "options": [
                     {"name": k, "default": d, "help": h} for k, (d, h) in OPTIONS[name].items()
@@ -120,8 +120,8 @@ def analyze(
     *,
     out_dir: Path | str | None = None,
     device: str = "auto",
-    images: int | None = 2000,
-    batch_size: int = 500,
+    images: int | str | None = 2000,
+    batch_size: int | str = 500,
     progress: str = "auto",
     unfinished: bool | str = False,
     **options: Any,
@@ -140,16 +140,20 @@ def analyze(
             "(`resexp analyze --list` describes them)"
         )
     kwargs = _check_options(name, options)
-    images = _as_int("images", images or 0)
-    batch_size = _as_int("batch_size", batch_size)
-    if images < 0 or batch_size < 1:
+    n_images = _as_int("images", images or 0)
+    n_batch = _as_int("batch_size", batch_size)
+    if n_images < 0 or n_batch < 1:
         raise ConfigError("images must be >= 0 (0: all) and batch_size >= 1")
     if progress not in ("auto", "bar", "lines", "none"):
         raise ConfigError(f"progress must be auto, bar, lines or none, not {progress!r}")
 
-    unfinished = _coerce("unfinished", unfinished, False)
+    include_unfinished: bool = _coerce("unfinished", unfinished, False)
     target = Path(target)
-    runs = [] if name in NEEDS_NO_RUNS and not target.exists() else find_runs(target, unfinished)
+    runs = (
+        []
+        if name in NEEDS_NO_RUNS and not target.exists()
+        else find_runs(target, include_unfinished)
+    )
     if not runs and name not in NEEDS_NO_RUNS:
         raise ResexpError(
             f"no completed runs under {target} (a run folder holds config.yaml, checkpoint.pt "
@@ -159,7 +163,7 @@ def analyze(
         )
     runtime = Runtime(select_device(device))  # its defaults: fp32, eager, contiguous
     out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
-    settings = Settings(runtime, images or None, batch_size, DataCache(runtime.device))
+    settings = Settings(runtime, n_images or None, n_batch, DataCache(runtime.device))
     out.runs, out.samples = runs, settings.data.samples
     log.info(
         "analysis %s: %d run%s under %s -> %s",

@@ -15,17 +15,20 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from resexp.config import arch_name
 from resexp.errors import ResexpError
-from resexp.models import CifarResNet, build_model
+from resexp.models import ResNet, build_model
 from resexp.rundir import RunDir, run_dirs, write_json
 from resexp.runtime import Runtime
 from resexp.tracking import Progress
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger("resexp.analysis")
 
@@ -125,20 +128,22 @@ class Run:
             "seed": self.seed,
         }
 
-    def build(self) -> CifarResNet:
+    def build(self) -> ResNet:
         """The network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
         torch.manual_seed(self.seed)
         return build_model(self.depth, self.residual, self.shortcut, self.block,
                            self.num_classes, family=self.family, stem=self.stem)  # fmt: skip
 
-    def trained(self, runtime: Runtime) -> tuple[CifarResNet, int]:
+    def trained(self, runtime: Runtime) -> tuple[ResNet, int]:
         """The network with its latest readable checkpoint, in eval mode, and that iteration."""
         state = self.dir.load_checkpoint()
         if state is None:
             raise ResexpError(f"{self.path} has no checkpoint; train it first")
         model = self.build()
         model.load_state_dict(state["model"])
-        return runtime.prepare(model).eval(), int(state["iteration"])
+        prepared = runtime.prepare(model)
+        assert prepared is model  # the analyses' runtime never compiles (Settings.runtime)
+        return model.eval(), int(state["iteration"])
 
 
 def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
@@ -310,10 +315,10 @@ class Output:
         self.checks: list[dict[str, Any]] = []
         self.runs: list[Run] = []  # the runs analysed: each check names their iterations
         self.samples: dict[tuple[str, int], dict[str, Any]] = {}  # the images they looked at
-        self._writer = None
+        self._writer: SummaryWriter | None = None
 
     @property
-    def writer(self):
+    def writer(self) -> SummaryWriter:
         """A SummaryWriter on ``<out_dir>/tensorboard/`` (old event files there are replaced)."""
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter

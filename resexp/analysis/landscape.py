@@ -18,6 +18,8 @@ of its positive one (Li et al., Fig. 7, map |lambda_min / lambda_max| in the ful
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -82,7 +84,7 @@ def loss_surface(
     x: Tensor,
     y: Tensor,
     batch_size: int,
-    on_point=None,
+    on_point: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Loss and error (%) at w + sum_j coords[i, j] * directions[j], for each row i of ``coords``.
 
@@ -158,7 +160,7 @@ def analyze_landscape(
             d2 = filter_normalized_direction(model, generator)
             bs = settings.batch_size
             loss_1d, err_1d = loss_surface(model, [d1], alphas[:, None], x, y, bs, steps.tick)
-            result = {
+            result: dict[str, Any] = {
                 "path": str(run.path),
                 "iteration": iteration,
                 "images": len(y),

@@ -39,7 +39,7 @@ from resexp.analysis.common import (
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
-from resexp.models import CifarResNet
+from resexp.models import ResNet
 from resexp.train import error_and_loss
 
 SOURCE = "Veit et al. 2016, sec. 4"
@@ -64,13 +64,13 @@ OPTIONS: dict[str, tuple[object, str]] = {
 }
 
 
-def can_lesion(model: CifarResNet) -> list[bool]:
+def can_lesion(model: ResNet) -> list[bool]:
     """For each block: can it be replaced by its shortcut (a plain block: only by an identity)?"""
     return [b.residual or b.same_shape for b in model.blocks()]
 
 
 @contextmanager
-def lesioned(model: CifarResNet, indices: list[int]) -> Iterator[CifarResNet]:
+def lesioned(model: ResNet, indices: list[int]) -> Iterator[ResNet]:
     """The model with blocks ``indices`` (0-based) removed; restored on exit."""
     blocks = model.blocks()
     try:
@@ -83,7 +83,11 @@ def lesioned(model: CifarResNet, indices: list[int]) -> Iterator[CifarResNet]:
 
 
 def single_lesion_errors(
-    model: CifarResNet, x: Tensor, y: Tensor, batch_size: int, on_eval: Callable | None = None
+    model: ResNet,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    on_eval: Callable[[str], None] | None = None,
 ) -> list[float]:
     """Test error (%) with each single block removed; NaN where the block cannot be removed."""
     errors = []
@@ -96,12 +100,12 @@ def single_lesion_errors(
 
 
 def lesioned_error(
-    model: CifarResNet,
+    model: ResNet,
     removed: list[int],
     x: Tensor,
     y: Tensor,
     batch_size: int,
-    on_eval: Callable | None = None,
+    on_eval: Callable[[str], None] | None = None,
 ) -> float:
     """Test error (%) of ``model`` without blocks ``removed`` (0-based)."""
     with lesioned(model, removed):
@@ -173,7 +177,7 @@ def _measure(
     k_max: int,
     draws: int,
     seed: int,
-    on_eval: Callable,
+    on_eval: Callable[[str], None],
 ) -> dict:
     """One run: its error intact, without each single block, and without k random blocks."""
     model, iteration = run.trained(settings.runtime)
@@ -231,7 +235,7 @@ def _rows(run: Run, r: dict) -> list[dict]:
 
 
 def _plan(
-    model: CifarResNet, candidates: str, max_removed: int, draws: int
+    model: ResNet, candidates: str, max_removed: int, draws: int
 ) -> tuple[list[int], int, int]:
     """The blocks the random removals choose from, the largest k, and the evaluations needed."""
     ok = can_lesion(model)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +33,7 @@ from resexp.analysis.common import (
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
-from resexp.models import CifarResNet
+from resexp.models import ResNet
 
 SOURCE = "He et al. 2015, Fig. 7"
 
@@ -41,20 +42,21 @@ OPTIONS: dict[str, tuple[object, str]] = {
 }
 
 
-def response_modules(model: CifarResNet) -> list[tuple[str, nn.Module]]:
+def response_modules(model: ResNet) -> list[tuple[str, nn.Module]]:
     """(name, module) whose outputs are the 3x3 layers' responses, in the order of the layers."""
     names = {m: n for n, m in model.named_modules()}
     modules: list[nn.Module] = [model.bn1]
     for block in model.blocks():
+        # cast: nn.Module.__getattr__ is typed Tensor | Module; these are the block's layers.
         if model.block == "preact":
-            modules += [block.conv1, block.conv2]
+            modules += [cast(nn.Module, block.conv1), cast(nn.Module, block.conv2)]
         else:
-            modules += [block.bn1, block.bn2]
+            modules += [cast(nn.Module, block.bn1), cast(nn.Module, block.bn2)]
     return [(names[m], m) for m in modules]
 
 
 @torch.no_grad()
-def layer_response_stds(model: CifarResNet, x: Tensor, batch_size: int) -> list[tuple[str, float]]:
+def layer_response_stds(model: ResNet, x: Tensor, batch_size: int) -> list[tuple[str, float]]:
     """The std of each 3x3 layer's response over all of ``x`` (N, 3, 32, 32), in eval mode.
 
     Sums and sums of squares are accumulated in float64, so the result does not depend on the
@@ -124,7 +126,7 @@ def analyze_responses(
         all(r < p for p, r in pairs.values()) if pairs else None,
         SOURCE,
     )
-    resnet = {}
+    resnet: dict[int, list[float]] = {}
     for run, m in means.items():
         if run.residual and run.block == "basic":
             resnet.setdefault(run.depth, []).append(m)

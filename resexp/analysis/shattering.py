@@ -23,6 +23,7 @@ over a few pairs), at initialization (BN statistics from the test images) and af
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -356,17 +357,21 @@ def _cifar(
     image_pairs: int,
     rows: list,
 ) -> dict:
-    result = {}
+    result: dict[str, dict[str, Any]] = {}
     runs = [group[0] for group in group_by_arch(runs).values()]
     curves = {}
     with out.steps("cifar nets", len(runs)) as steps:
         for run in runs:
             x, y = settings.data(run).normalized("test", settings.images)
-            pairs = min(image_pairs, len(x) // 2)
+            n_pairs = min(image_pairs, len(x) // 2)
             trained, iteration = run.trained(settings.runtime)
             init = settings.runtime.prepare(run.build())
             calibrate_bn(init, x, settings.batch_size)
-            entry = {"path": str(run.path), "iteration": iteration, "image_pairs": pairs}
+            entry: dict[str, Any] = {
+                "path": str(run.path),
+                "iteration": iteration,
+                "image_pairs": n_pairs,
+            }
             for state, model in (("initialization", init), ("trained", trained)):
                 # images 2i and 2i + 1, the logit of the first one's class; averaged over pairs
                 r = torch.stack(
@@ -377,7 +382,7 @@ def _cifar(
                             ).cpu(),
                             max_lag,
                         )
-                        for i in range(pairs)
+                        for i in range(n_pairs)
                     ]
                 ).nanmean(0)
                 curves[run, state] = r

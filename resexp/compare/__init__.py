@@ -90,7 +90,11 @@ def compare(study: Path, tensorboard: bool = True) -> Comparison:
         outputs.append(image.getvalue())
     outputs += [results_csv(networks).encode(), results_markdown(cmp).encode()]
     for path, data in zip(cmp.paths, outputs, strict=True):
-        atomic_write(path, lambda f, data=data: f.write(data), binary=True)
+        _write_bytes(path, data)
     if tensorboard:
         cmp.events = write_tensorboard(runs, networks)
     return cmp
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data), binary=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from resexp.compare.references import PAPER_ITERATIONS
 from resexp.compare.runs import Network, Run
@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 DEPTH_COLORS = {20: "#e69f00", 32: "#1f77b4", 44: "#2ca02c", 56: "#d62728", 110: "#000000"}
 EXTRA_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"]
 MARKERS = [None, "o", "s", "^", "D"]  # a second block in one panel (preact beside resnet)
-STYLES = {  # He et al. 2015, Figure 6: training error thin dashed, test error bold
+# He et al. 2015, Figure 6: training error thin dashed, test error bold (keyword arguments of
+# matplotlib's plot and Line2D).
+STYLES: dict[str, dict[str, Any]] = {
     "train": {"linestyle": "--", "linewidth": 0.9},
     "test": {"linestyle": "-", "linewidth": 2.0},
 }

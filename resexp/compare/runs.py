@@ -288,6 +288,16 @@ class Network:
         )
 
 
+def final_values(runs: list[Run], metric: str) -> list[float]:
+    """``metric`` (train_error, test_error) at each run's last evaluation: usable runs only."""
+    values = []
+    for run in runs:
+        final = run.final
+        assert final is not None, f"{run.name} has no evaluation: it is not usable"
+        values.append(final[metric])
+    return values
+
+
 def group_networks(runs: list[Run]) -> list[Network]:
     """One Network per architecture: plain nets first, then residual ones, by depth.
 
@@ -312,8 +322,8 @@ def group_networks(runs: list[Run]) -> list[Network]:
                 block=first.block,
                 runs=group,
                 used=used,
-                train_error=Stat.of([r.final["train_error"] for r in used]),
-                test_error=Stat.of([r.final["test_error"] for r in used]),
+                train_error=Stat.of(final_values(used, "train_error")),
+                test_error=Stat.of(final_values(used, "test_error")),
                 reference=REFERENCES.get(arch),
             )
         )

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from resexp.compare.runs import Network, Run
 from resexp.rundir import atomic_write
-from resexp.tracking import session_end
+from resexp.tracking import file_writer, session_end
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -93,7 +93,7 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
         with _events_file(run.path / EVENTS_NAME) as writer:
             writer.add_custom_scalars(layout)
             for summary in (experiment, start, session_end(end, run.status)):
-                writer.file_writer.add_summary(summary)
+                file_writer(writer).add_summary(summary)
             if not live:  # a run that predates the live figure6/ tags: copies of its curves
                 for kind, rows in (("train", run.train_curve), ("test", run.curve)):
                     for row in rows:

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Literal
 
-from resexp.compare.runs import Network, Stat
+from resexp.compare.runs import Network, Stat, final_values
 
 Status = Literal["PASS", "FAIL", "within noise", "not tested"]
 SIGNIFICANCE = 0.05  # two-sided p-value of Welch's t-test below which a difference is real
@@ -194,7 +194,7 @@ def _compare(
     detail = _numbers(a, b)
     if reasons:
         return Check(key, title, "not tested", f"{detail} ({'; '.join(reasons)})")
-    values = [([r.final[m] for r in a.used], [r.final[m] for r in b.used]) for m in metrics]
+    values = [(final_values(a.used, m), final_values(b.used, m)) for m in metrics]
     results = [_direction(va, vb, lower) for va, vb in values]
     noise = "; ".join(_noise(va, vb, m) for (va, vb), m in zip(values, metrics, strict=True))
     status: Status = "within noise"

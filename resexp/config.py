@@ -103,6 +103,7 @@ class Config:
     channels_last: str = "auto"  # auto (on CUDA and CPU, not MPS) | true | false
     compile: str = "auto"  # auto (CPU runs of 2000+ iterations, with a C++ compiler) | true | false
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
+    runs_per_gpu: int = 1  # a sweep under joblib: runs at once on each GPU (resexp/gpus.py)
     log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard
     output_root: str = "outputs"
     data_dir: str = "${oc.env:RESEXP_DATA_DIR,data}"
@@ -173,6 +174,7 @@ def validate(cfg: Any) -> None:
     )
     need(cfg.seed >= 0, "seed", "must be 0 or more")
     need(cfg.threads >= 0, "threads", "must be 0 (torch's default) or more")
+    need(cfg.runs_per_gpu >= 1, "runs_per_gpu", "must be 1 or more")
     need(cfg.log_gradients_every >= 0, "log_gradients_every", "must be 0 (off) or more")
     need(str(cfg.progress) in PROGRESS, "progress", f"must be one of {', '.join(PROGRESS)}")
 

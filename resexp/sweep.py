@@ -4,8 +4,9 @@ The grid comes from an ``experiment/`` preset (``experiment=degradation``: depth
 residual false, true) and the command line (``depth=20,56``, ``seeds=3``). Hydra's launcher runs
 it: one run after another by default, several at once with ``hydra/launcher=joblib``, one SLURM
 job each with ``hydra/launcher=submitit_slurm``. This module plans the grid ahead (to skip
-finished runs, prepare the data once and count what is left), watches the run directories while
-the launcher works, and reports what completed, what was skipped and what failed.
+finished runs, prepare the data once and count what is left), gives each parallel run a GPU of its
+own (``gpu_pool``), watches the run directories while the launcher works, and reports what
+completed, what was skipped and what failed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from resexp.gpus import GpuPool, pool_folder
 from resexp.rundir import RunDir, read_metrics
 from resexp.tracking import format_seconds
 
@@ -108,12 +110,18 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
                 cfg=cfg,
             )
         )
-    study_dir = Path(compose(base).output_root) / str(compose(base).name)
+    base_cfg = compose(base)
+    study_dir = Path(base_cfg.output_root) / str(base_cfg.name)
     n_jobs = int(hydra_cfg.hydra.launcher.get("n_jobs") or 1) if launcher != "basic" else 1
     if n_jobs < 1:  # joblib's -1: one per core
         import os
 
         n_jobs = os.cpu_count() or 1
+    pool = gpu_pool(base_cfg, launcher)
+    if pool is not None and n_jobs > pool.gpus * pool.runs_per_gpu:  # the others wait for a GPU
+        log.info("sweep: %d GPU(s) x runs_per_gpu=%d: %d runs at a time, not n_jobs=%d",
+                 pool.gpus, pool.runs_per_gpu, pool.gpus * pool.runs_per_gpu, n_jobs)  # fmt: skip
+        n_jobs = pool.gpus * pool.runs_per_gpu
     return Plan(runs, args, study_dir, launcher, max(n_jobs, 1))
 
 
@@ -182,6 +190,10 @@ def estimate(plan: Plan, test_images: dict[str, int]) -> float | None:
         evaluation = step / 3 * images / c.schedule.batch_size
         run.seconds_per_iteration = step + evaluation / c.schedule.eval_every
         total += run.seconds_per_iteration * run.iterations
+    import torch
+
+    if torch.cuda.is_initialized():  # the memory the timing cached goes back to the runs
+        torch.cuda.empty_cache()
     plan.estimate_seconds = total / plan.n_jobs
     return plan.estimate_seconds
 
@@ -300,26 +312,66 @@ class Monitor(threading.Thread):
 # One job of the sweep, and the end-of-sweep report
 
 
-def run_job(cfg, fit: Callable) -> dict | None:
+def gpu_pool(cfg: Any, launcher: str) -> GpuPool | None:
+    """The study's GPU pool when ``cfg``'s run shares this machine's GPUs with other runs of the
+    sweep: under the joblib launcher, with ``device=auto`` or ``cuda``, on a machine with CUDA.
+    None otherwise: on the CPU or MPS, with an explicit ``cuda:N``, with one run at a time (the
+    basic launcher), or under submitit, whose jobs get their GPUs from it (``gpus_per_node``)."""
+    import torch
+
+    if "joblib" not in launcher.lower() or str(cfg.device) not in ("auto", "cuda"):
+        return None
+    if not torch.cuda.is_available():
+        return None
+    study = Path(cfg.output_root) / str(cfg.name)
+    return GpuPool(pool_folder(study), torch.cuda.device_count(), int(cfg.runs_per_gpu))
+
+
+def run_job(cfg, fit: Callable, launcher: str | None = None) -> dict | None:
     """Train one run of a sweep; a failure is written to its summary.json, not raised.
 
     A stop request (Ctrl-C, SIGTERM, a SLURM preemption) saves the run's checkpoint and ends
     the whole sweep with EXIT_INTERRUPTED; the same command resumes it.
 
-    On a machine with several GPUs and ``device=auto``, job k runs on GPU k mod #GPUs, so the
-    joblib launcher gives each parallel run a device of its own.
+    Under the joblib launcher on CUDA (``gpu_pool``), the run holds a slot of a GPU for as long
+    as it trains, at most ``runs_per_gpu`` runs on each GPU; it waits while all are taken.
+    ``launcher``: Hydra's launcher class (default: the one running this job).
     """
     import torch
-    from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    run_dir = Path(cfg.run_dir)
-    if cfg.device == "auto" and torch.cuda.device_count() > 1:
+    pool = gpu_pool(cfg, _launcher() if launcher is None else launcher)
+    if pool is None:
+        return _fit_job(cfg, fit)
+    # A reused worker process already has a CUDA context on its last run's GPU: try that first.
+    current = torch.cuda.current_device() if torch.cuda.is_initialized() else None
+    with pool.claim(prefer=current) as gpu:
+        # Pinned before the run creates a CUDA context on it: the run's memory goes to this GPU,
+        # and whatever names plain "cuda" (the current device) means this GPU too, not GPU 0.
+        torch.cuda.set_device(gpu)
         with open_dict(cfg):
-            cfg.device = f"cuda:{HydraConfig.get().job.num % torch.cuda.device_count()}"
+            cfg.device = f"cuda:{gpu}"
+        try:
+            return _fit_job(cfg, fit)
+        finally:
+            torch.cuda.empty_cache()  # this worker's next run may get another GPU
+
+
+def _launcher() -> str:
+    """The class of Hydra's launcher running this job ("" outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    return str(HydraConfig.get().launcher.get("_target_", ""))
+
+
+def _fit_job(cfg, fit: Callable) -> dict | None:
+    """``fit(cfg)``, with its failures recorded (run_job)."""
     from resexp.errors import ConfigError
     from resexp.train import EXIT_INTERRUPTED, StopRequested
 
+    run_dir = Path(cfg.run_dir)
     try:
         return fit(cfg)
     except StopRequested as e:  # Ctrl-C or SIGTERM stops the sweep, after this run's checkpoint

@@ -46,6 +46,7 @@ HARMLESS_KEYS = {
     "channels_last",
     "compile",
     "threads",
+    "runs_per_gpu",
     "progress",
     "restart",
 }

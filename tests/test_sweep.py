@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
+from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from resexp.cli import compose
-from resexp.sweep import plan_sweep, translate_args
+from resexp.config import validate
+from resexp.errors import ConfigError
+from resexp.gpus import pool_folder
+from resexp.sweep import gpu_pool, plan_sweep, run_job, translate_args
 from tests.conftest import run_cli
 
 # Two depths x plain/residual, ten steps each on 256 generated images: seconds per run.
@@ -134,3 +140,164 @@ def test_a_failed_run_does_not_stop_the_others(tmp_path):
             json.loads((study / run / "seed0" / "summary.json").read_text())["status"]
             == "completed"
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# A GPU of its own for each parallel run (resexp/gpus.py), on a simulated multi-GPU machine
+
+JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """gpus(n) makes torch see n CUDA devices; returns the list of GPUs set_device pinned."""
+    pinned: list[int] = []
+
+    def simulate(n: int) -> list[int]:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a fresh worker
+        monkeypatch.setattr(torch.cuda, "set_device", pinned.append)
+        return pinned
+
+    return simulate
+
+
+def _together(cfgs, launcher: str = JOBLIB) -> tuple[list[str], list]:
+    """Run ``cfgs`` as concurrent jobs whose fit waits until all of them are training; return
+    the devices they trained on and what each job returned (None: it never ran alongside)."""
+    barrier, devices, results = threading.Barrier(len(cfgs)), [], []
+
+    def fit(cfg):
+        devices.append(str(cfg.device))
+        barrier.wait(timeout=5)  # fails unless every run holds its GPU at once
+        return {"ok": True}
+
+    threads = [
+        threading.Thread(target=lambda c=c: results.append(run_job(c, fit, launcher))) for c in cfgs
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return sorted(devices), results
+
+
+def test_parallel_runs_each_get_a_gpu_of_their_own(compose_cfg, gpus):
+    pinned = gpus(3)
+    devices, results = _together([compose_cfg(f"seed={s}") for s in range(3)])
+    assert devices == ["cuda:0", "cuda:1", "cuda:2"]
+    assert sorted(pinned) == [0, 1, 2]  # the process's current device too, before the run
+    assert results == [{"ok": True}] * 3
+
+
+def test_runs_per_gpu_lets_two_runs_share_one_gpu(compose_cfg, gpus):
+    gpus(1)
+    cfgs = [compose_cfg(f"seed={s}", "runs_per_gpu=2") for s in range(2)]
+    devices, results = _together(cfgs)
+    assert devices == ["cuda:0", "cuda:0"] and results == [{"ok": True}] * 2
+
+
+def test_with_one_run_per_gpu_the_next_run_waits_for_a_free_gpu(compose_cfg, gpus):
+    gpus(1)
+    release, order = threading.Event(), []
+
+    def first(cfg):
+        order.append(("first", str(cfg.device)))
+        release.wait(timeout=30)
+
+    def second(cfg):
+        order.append(("second", str(cfg.device)))
+
+    a = threading.Thread(target=run_job, args=(compose_cfg("seed=0"), first, JOBLIB))
+    a.start()
+    while not order:
+        threading.Event().wait(0.01)
+    b = threading.Thread(target=run_job, args=(compose_cfg("seed=1"), second, JOBLIB))
+    b.start()
+    b.join(timeout=1.5)  # longer than the pool's poll
+    assert b.is_alive() and order == [("first", "cuda:0")]
+    release.set()
+    a.join(timeout=30)
+    b.join(timeout=30)
+    assert order == [("first", "cuda:0"), ("second", "cuda:0")]
+
+
+def test_a_stopped_or_failed_run_frees_its_gpu(compose_cfg, gpus):
+    from resexp.train import StopRequested
+
+    gpus(1)
+
+    def stopped(cfg):
+        raise StopRequested("SIGTERM")
+
+    def failed(cfg):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(SystemExit):
+        run_job(compose_cfg("seed=0"), stopped, JOBLIB)
+    assert run_job(compose_cfg("seed=1"), failed, JOBLIB) is None
+    cfg = compose_cfg("seed=2")
+    pool = gpu_pool(cfg, JOBLIB)
+    assert pool is not None and pool.try_claim() is not None  # the only slot is free again
+
+
+@pytest.mark.parametrize(
+    ("n", "device", "launcher"),
+    [
+        (0, "auto", JOBLIB),  # the CPU: nothing changes
+        (2, "auto", BASIC),  # one run at a time
+        (2, "cuda:1", JOBLIB),  # the user's own choice
+        (2, "cpu", JOBLIB),
+    ],
+)
+def test_no_pool_without_parallel_runs_on_cuda(compose_cfg, gpus, n, device, launcher):
+    pinned = gpus(n)
+    cfg = compose_cfg(f"device={device}")
+    seen = []
+    assert run_job(cfg, lambda c: seen.append(str(c.device)), launcher) is None
+    assert seen == [device] and pinned == []
+    assert not pool_folder(Path(cfg.output_root) / str(cfg.name)).exists()
+
+
+def test_the_plan_runs_no_more_at_once_than_gpu_slots(tmp_path, gpus):
+    joblib = ["depth=20", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8"]
+    gpus(2)
+    assert plan(tmp_path, *joblib, "runs_per_gpu=2").n_jobs == 4
+    assert plan(tmp_path, *joblib).n_jobs == 2
+    gpus(0)
+    assert plan(tmp_path, *joblib).n_jobs == 8  # the CPU: as asked
+
+
+def test_runs_per_gpu_below_one_is_refused(compose_cfg):
+    with pytest.raises(ConfigError, match="runs_per_gpu"):
+        validate(compose_cfg("runs_per_gpu=0"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none here")
+def test_a_pooled_run_computes_on_its_own_gpu(compose_cfg):
+    # With two GPUs or more, GPU 0's only slot is taken: the run must go to GPU 1.
+    n = torch.cuda.device_count()
+    cfg = compose_cfg("seed=0")
+    pool = gpu_pool(cfg, JOBLIB)
+    assert pool is not None and pool.gpus == n
+    held = pool.try_claim(prefer=0) if n >= 2 else None
+    expected = 1 if n >= 2 else 0
+
+    def fit(cfg):
+        x = torch.ones(8, device="cuda")  # plain "cuda": the current device, pinned
+        return {"device": str(cfg.device), "current": torch.cuda.current_device(),
+                "tensor": x.device.index}  # fmt: skip
+
+    try:
+        assert run_job(cfg, fit, JOBLIB) == {
+            "device": f"cuda:{expected}",
+            "current": expected,
+            "tensor": expected,
+        }
+    finally:
+        if held:
+            held[1].release()
+        torch.cuda.set_device(0)

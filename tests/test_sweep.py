@@ -201,10 +201,11 @@ def test_runs_per_gpu_lets_two_runs_share_one_gpu(compose_cfg, gpus):
 
 def test_with_one_run_per_gpu_the_next_run_waits_for_a_free_gpu(compose_cfg, gpus):
     gpus(1)
-    release, order = threading.Event(), []
+    started, release, order = threading.Event(), threading.Event(), []
 
     def first(cfg):
         order.append(("first", str(cfg.device)))
+        started.set()
         release.wait(timeout=30)
 
     def second(cfg):
@@ -212,8 +213,7 @@ def test_with_one_run_per_gpu_the_next_run_waits_for_a_free_gpu(compose_cfg, gpu
 
     a = threading.Thread(target=run_job, args=(compose_cfg("seed=0"), first, JOBLIB))
     a.start()
-    while not order:
-        threading.Event().wait(0.01)
+    assert started.wait(timeout=30)
     b = threading.Thread(target=run_job, args=(compose_cfg("seed=1"), second, JOBLIB))
     b.start()
     b.join(timeout=1.5)  # longer than the pool's poll

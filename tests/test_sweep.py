@@ -275,6 +275,14 @@ def test_runs_per_gpu_below_one_is_refused(compose_cfg):
         validate(compose_cfg("runs_per_gpu=0"))
 
 
+def test_a_run_resumes_under_another_runs_per_gpu():
+    from resexp.train import config_differences
+
+    # Saved before the key existed (its default, 1), or with another value: the same experiment.
+    assert config_differences({"depth": 20}, {"depth": 20, "runs_per_gpu": 2}) == []
+    assert config_differences({"runs_per_gpu": 2}, {"runs_per_gpu": 1}) == []
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none here")
 def test_a_pooled_run_computes_on_its_own_gpu(compose_cfg):

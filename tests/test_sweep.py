@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import tempfile
 import threading
 from pathlib import Path
 
@@ -150,8 +151,10 @@ BASIC = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
 @pytest.fixture
-def gpus(monkeypatch):
-    """gpus(n) makes torch see n CUDA devices; returns the list of GPUs set_device pinned."""
+def gpus(monkeypatch, tmp_path):
+    """gpus(n) makes torch see n CUDA devices; returns the list of GPUs set_device pinned. The
+    pool's lock files go under tmp_path, not the machine's temporary folder."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     pinned: list[int] = []
 
     def simulate(n: int) -> list[int]:

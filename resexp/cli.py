@@ -188,22 +188,15 @@ def _hydra_message(e: Exception, schema: type[Config] = Config) -> str:
     if "Could not override" in text:
         key = text.split("'")[1] if text.count("'") >= 2 else ""
         known = [*config_module.schema_keys(schema), "experiment"]
-        text = unknown_key(key, known) if close_keys(key, known) else text
+        text = unknown_key(key, known) if config_module.close_keys(key, known) else text
         text += "\n`resexp train --cfg job` lists every key; `resexp train --help` the main ones."
         text += "" if schema is Config else " `resexp bench --help`: the bench.* keys."
     return text
 
 
-def close_keys(key: str, known: list[str]) -> list[str]:
-    """The ``known`` keys that a misspelt ``key`` probably meant."""
-    import difflib
-
-    return difflib.get_close_matches(key, known, n=2, cutoff=0.7)
-
-
 def unknown_key(key: str, known: list[str]) -> str:
     """The message for a key no schema knows: ``unknown key 'dept': did you mean depth?``."""
-    close = close_keys(key, known)
+    close = config_module.close_keys(key, known)
     return f"unknown key {key!r}" + (f": did you mean {' or '.join(close)}?" if close else "")
 
 
@@ -491,11 +484,16 @@ def analyze_command(
       resexp analyze lesion outputs/degradation images=0 draws=5
       resexp analyze landscape outputs/degradation steps_2d=21
       resexp analyze shattering
-    Options are option=value (`resexp analyze --list` shows them all with their defaults).
+      resexp analyze responses outputs/laptop data.root=cifar10-jpeg.tar.xz device=cpu
+    Options are option=value (`resexp analyze --list` shows them all with their defaults);
+    device=, threads=, progress=, data= and data.KEY= are `resexp train`'s, checked as there
+    (each run's own data unless data= names another source, as `resexp evaluate`).
     Writes a PNG, a CSV and a JSON (with what the literature expects and whether it agrees)
     and TensorBoard images to TARGET/analysis/NAME/.
     """
-    from resexp.analysis import ANALYSES, analyze, help_text, parse_options
+    from functools import partial
+
+    from resexp.analysis import ANALYSES, analyze, help_text, is_train_key, parse_options
     from resexp.compare import find_study
 
     if list_analyses or name is None:
@@ -504,12 +502,17 @@ def analyze_command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if name not in ANALYSES:
-            from resexp.errors import ConfigError
-
             raise ConfigError(f"unknown analysis {name!r}: choose one of {', '.join(ANALYSES)}")
+        options = parse_options(list(ctx.args))
+        overrides = [f"{k}={v}" for k, v in options.items() if is_train_key(k)]
+        cfg = check_config(overrides)  # train's keys: the same defaults, checks and errors
+        keys = config_module.explicit_keys(overrides)
         if target is None and name != "shattering":
             target = find_study(Path("outputs"))
-        paths = analyze(name, target or Path("outputs"), **parse_options(list(ctx.args)))
+        own = {k: v for k, v in options.items() if not is_train_key(k)}
+        paths = analyze(name, target or Path("outputs"), device=cfg.device, threads=cfg.threads,
+                        progress=cfg.progress, data=partial(config_module.data_for_run, cfg=cfg,
+                        keys=keys), **own)  # fmt: skip
     except ResexpError as e:
         _fail(e, verbose)
     for path in paths:

@@ -188,6 +188,13 @@ def schema_keys(schema: type[Config] = Config) -> list[str]:
     return dotted(OmegaConf.structured(schema))
 
 
+def close_keys(key: str, known: Sequence[str]) -> list[str]:
+    """The ``known`` keys that a misspelt ``key`` probably meant (the did-you-mean)."""
+    import difflib
+
+    return difflib.get_close_matches(key, list(known), n=2, cutoff=0.7)
+
+
 def explicit_keys(overrides: Sequence[str]) -> list[str]:
     """The keys the command line sets (``depth=20`` -> ``depth``; ``+a.b=1`` -> ``a.b``)."""
     return [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]

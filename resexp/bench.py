@@ -333,14 +333,11 @@ def bench(cfg: Any) -> dict[str, Any]:
     runtime = resolve(cfg, iterations=s.iterations)
     mode = b.compile_mode if runtime.compile else "none"  # what is timed
     runtime = replace(runtime, compile_mode=None if mode in ("none", "default") else mode)
-    options = {"depth": cfg.depth, "residual": cfg.residual, "device": cfg.device,
-               "batch_size": s.batch_size, "precision": cfg.precision,
+    options = {**{k: cfg[k] for k in ("depth", "residual", "device", "precision", "threads")},
+               **b, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size,
                "compile": "auto" if cfg.compile == "auto" else mode,
-               "channels_last": str(cfg.channels_last).lower(), "threads": cfg.threads,
-               "iterations": b.iterations, "warmup": b.warmup, "eval_images": cfg.data.test_size,
-               "baseline": b.baseline, "data": cfg.data.source, "rounds": b.rounds,
-               "data_root": cfg.data.root if cfg.data.source != "synthetic" else None,
-               "eval_batch_size": s.eval_batch_size}  # fmt: skip
+               "channels_last": str(cfg.channels_last).lower(), "data": cfg.data.source,
+               "eval_images": cfg.data.test_size, "data_root": cfg.data.get("root")}  # fmt: skip
     images = load_data(cfg.data)
     if s.batch_size > len(images.train_y):
         raise ConfigError(

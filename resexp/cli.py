@@ -187,17 +187,11 @@ def _hydra_message(e: Exception, schema: type[Config] = Config) -> str:
     text = "\n".join(lines) if lines else type(e).__name__
     if "Could not override" in text:
         key = text.split("'")[1] if text.count("'") >= 2 else ""
-        known = [*config_module.schema_keys(schema), "experiment"]
-        text = unknown_key(key, known) if config_module.close_keys(key, known) else text
+        close = config_module.close_keys(key, [*config_module.schema_keys(schema), "experiment"])
+        text = f"unknown key {key!r}: did you mean {' or '.join(close)}?" if close else text
         text += "\n`resexp train --cfg job` lists every key; `resexp train --help` the main ones."
         text += "" if schema is Config else " `resexp bench --help`: the bench.* keys."
     return text
-
-
-def unknown_key(key: str, known: list[str]) -> str:
-    """The message for a key no schema knows: ``unknown key 'dept': did you mean depth?``."""
-    close = config_module.close_keys(key, known)
-    return f"unknown key {key!r}" + (f": did you mean {' or '.join(close)}?" if close else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -571,33 +565,19 @@ def evaluate_command(
 BENCH_HELP = """Time resexp's training step beside a conventional DataLoader/PIL/eager-fp32 loop.
 
 \b
-  resexp bench                                  ResNet-20, resexp's defaults on this machine
   resexp bench depth=56 precision=fp32 channels_last=false compile=false
   resexp bench data=folder data.root=cifar10-jpeg.tar.xz bench.iterations=100
-  resexp bench bench.baseline=false threads=1 bench.json=out.json
 
-Every `resexp train` override means what it means there (the step timed is the one `resexp
-train` would run with them), on generated images unless data= says otherwise
-(data.train_size=10000, data.test_size=2000: the images of the evaluation timing). The `bench`
-node: bench.iterations=50 (timed steps per loop), bench.warmup=10, bench.rounds=5 (blocks
-alternating between the two loops), bench.baseline=true, bench.compile_mode=default|
-reduce-overhead|max-autotune-no-cudagraphs (where compile is on), bench.json=PATH.
-Prints a table and writes JSON (default outputs/bench/ARCH-DEVICE.json).
+`resexp train`'s overrides mean what they mean there (the step timed is the one train would run),
+on generated images unless data= names others (data.test_size=2000: the evaluation timing's).
+bench's own: bench.iterations=50 (timed steps per loop), bench.warmup=10, bench.rounds=5 (blocks
+alternating between the loops), bench.baseline=true, bench.compile_mode (torch.compile's mode
+where compile is on; compile=MODE sets both), bench.json=PATH (default: outputs/bench/).
 """
 
-# `resexp bench`'s options before it took overrides, still understood: option -> key.
-LEGACY_BENCH_OPTIONS = {
-    "--depth": "depth", "--device": "device", "--batch-size": "schedule.batch_size",
-    "--precision": "precision", "--compile": "compile", "--channels-last": "channels_last",
-    "--threads": "threads", "--iterations": "bench.iterations", "--warmup": "bench.warmup",
-    "--eval-images": "data.test_size", "--eval-batch-size": "schedule.eval_batch_size",
-    "--rounds": "bench.rounds", "--data": "data", "--data-root": "data.root",
-    "--json": "bench.json",
-}  # fmt: skip
-LEGACY_BENCH_SWITCHES = {
-    "--residual": "residual=true", "--no-residual": "residual=false",
-    "--baseline": "bench.baseline=true", "--no-baseline": "bench.baseline=false",
-}  # fmt: skip
+# resexp bench's options before it took overrides (`--batch-size 64`, `--no-baseline`), still
+# understood: each names its key in the schema (schedule.batch_size, bench.baseline), but these.
+LEGACY_RENAMED = {"eval_images": "data.test_size", "data_root": "data.root"}
 
 
 def bench_overrides(args: list[str]) -> list[str]:
@@ -606,15 +586,18 @@ def bench_overrides(args: list[str]) -> list[str]:
     defaults where ``args`` leave them."""
     from resexp.bench import default_data
 
+    keys = config_module.schema_keys(BenchConfig)
     overrides, rest = [], list(args)
     while rest:
-        arg = rest.pop(0)
-        option, sep, value = arg.partition("=")
-        if option in LEGACY_BENCH_SWITCHES:
-            overrides.append(LEGACY_BENCH_SWITCHES[option])
-            continue
-        if option in LEGACY_BENCH_OPTIONS and (sep or rest):
-            option, sep, value = LEGACY_BENCH_OPTIONS[option], "=", value if sep else rest.pop(0)
+        option, sep, value = rest.pop(0).partition("=")
+        name = option[2:].replace("-", "_").removeprefix("no_") if option[:2] == "--" else "?"
+        key = LEGACY_RENAMED.get(name) or next(
+            (k for k in (name, f"bench.{name}", f"schedule.{name}") if k in keys), None
+        )
+        if key and option.startswith("--no-"):
+            option, sep, value = key, "=", "false"
+        elif key and (sep or rest):
+            option, sep, value = key, "=", value if sep else rest.pop(0)
         if option == "compile" and value in ("none", *config_module.COMPILE_MODES):
             compiled = value != "none"
             overrides += [f"compile={str(compiled).lower()}"]

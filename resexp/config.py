@@ -13,7 +13,7 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -176,16 +176,13 @@ def register(schema: type[Config] = Config) -> None:
 def schema_keys(schema: type[Config] = Config) -> list[str]:
     """Every dotted key of ``schema`` (``depth``, ``data``, ``data.root``, ...)."""
 
-    def dotted(node: Any, prefix: str = "") -> list[str]:
+    def dotted(node: dict, prefix: str = "") -> list[str]:
         keys = []
-        for k in node:
-            value = OmegaConf.select(node, k, throw_on_missing=False)
-            keys.append(prefix + k)
-            if OmegaConf.is_dict(value):
-                keys += dotted(value, f"{prefix}{k}.")
+        for k, v in node.items():
+            keys += [prefix + k, *(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [])]
         return keys
 
-    return dotted(OmegaConf.structured(schema))
+    return dotted(cast(dict, OmegaConf.to_container(OmegaConf.structured(schema))))  # a dict
 
 
 def close_keys(key: str, known: Sequence[str]) -> list[str]:

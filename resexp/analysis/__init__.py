@@ -12,9 +12,8 @@ and JSON, and the figures as TensorBoard images (``tensorboard/``). The JSON's `
 also logged, puts what the literature expects next to what was measured: "expected: ...;
 measured: ...; agrees: yes/no".
 
-On the command line an analysis takes its own options (``OPTIONS``, ``COMMON_OPTIONS``) and, of
-``resexp train``'s keys, those that say where and on what it runs (``TRAIN_KEYS``: device,
-threads, progress, data=, data.KEY=), composed and checked as for training.
+Of ``resexp train``'s keys, an analysis takes those that say where and on what it runs
+(``TRAIN_KEYS``), with train's defaults and checks.
 """
 
 from __future__ import annotations
@@ -193,14 +192,12 @@ def analyze(
         target,
         out.dir,
     )
-    threads_before = torch.get_num_threads()
+    if threads > 0:  # as train: process-wide
+        torch.set_num_threads(threads)
     try:
-        if threads > 0:
-            torch.set_num_threads(threads)
         ANALYSES[name](runs, out, settings, **kwargs)
     finally:
         out.close()
-        torch.set_num_threads(threads_before)
     agreed = [c for c in out.checks if c["agrees"] is not None]
     log.info(
         "analysis %s: %d of %d checks agree with the literature; wrote %s",
@@ -232,12 +229,9 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     train`` is (with a did-you-mean), a training key analyses do not take saying so."""
     valid = OPTIONS[name]
     for key in sorted(set(options) - set(valid)):
-        if key in schema_keys():
-            raise ConfigError(
-                f"{key} is a key of resexp train that analyses do not take: they measure each "
-                f"run's network in fp32, eager; of train's keys they take "
-                f"{', '.join(f'{k}=' for k in TRAIN_KEYS)} and data.KEY="
-            )
+        if key in schema_keys():  # analyses measure each run's network in fp32, eager
+            raise ConfigError(f"{key} is a key of resexp train that analyses do not take; they "
+                              f"take {', '.join(TRAIN_KEYS)} and data.KEY")  # fmt: skip
         close = close_keys(key, [*valid, *COMMON_OPTIONS])
         raise ConfigError(
             f"unknown option {key} for analysis {name}"

@@ -14,11 +14,14 @@ speed-up is a ratio measured side by side. The timed steps alternate between the
 Numbers reported: training images/s and ms per step; the share of a step spent producing the
 batch (augmentation and batching); evaluation images/s; peak memory (process RSS on the CPU,
 ``max_memory_allocated`` on CUDA); the time of the first step and evaluation (torch.compile's
-compile time lands there); and the machine: torch, device, CPU model, cores, threads, load.
+compile time lands there); the training FLOP/s each loop achieves, as a share of the fp32 peak
+measured on this device just before (``measured_peak_flops``); and the machine: torch, device,
+CPU model, cores, threads, load.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -37,7 +40,7 @@ from resexp import config
 from resexp.config import arch_name
 from resexp.data import ImageData, load_data, mean_std
 from resexp.errors import ConfigError
-from resexp.models import build_model, count_parameters
+from resexp.models import build_model, count_parameters, macs_per_image
 from resexp.runtime import Runtime, resolve
 from resexp.train import Counters, evaluate, lr_at, make_batches, make_optimizer, set_lr, train_step
 
@@ -50,6 +53,8 @@ COMPILE_MODES = ("auto", "none", *config.COMPILE_MODES)
 SYNTHETIC_TRAIN_IMAGES = 10_000  # enough for many distinct batches; generated in about a second
 EVAL_IMAGES = 2000  # the test images the evaluation is timed on
 BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
+PEAK_MATMUL_SIZE = 1024  # n of the n x n fp32 matmuls timed for the peak: 2.1 GFLOP each
+PEAK_MATMUL_REPEATS = 5
 
 
 def default_data() -> dict[str, Any]:
@@ -96,6 +101,34 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def measured_peak_flops(device: torch.device) -> float:
+    """Multiply-add throughput of ``device`` in fp32 (FLOP/s, an FMA counting 2), measured: the
+    best of PEAK_MATMUL_REPEATS square matmuls (2 n^3 FLOPs each) with the threads in force.
+
+    A measured peak, not the vendor's specification: what the BLAS reaches on this machine, now
+    (a busy machine measures less). bf16 multiplies faster where the hardware has it, so a bf16
+    run can exceed 100% of it."""
+    n = PEAK_MATMUL_SIZE
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up: threads started, kernel chosen
+    best = math.inf
+    for _ in range(PEAK_MATMUL_REPEATS):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def train_flops_per_image(model: torch.nn.Module) -> int:
+    """Training FLOPs per image, the usual estimate: the forward pass's multiply-accumulates of
+    the convs and the fc layer (``models.macs_per_image``) x 2 FLOPs each, x 3 for forward and
+    backward (the backward pass costs about twice the forward: gradients of the inputs and of
+    the weights). BN, ReLU and the additions are left out, so it errs low."""
+    return 2 * 3 * macs_per_image(model)
 
 
 @dataclass
@@ -366,6 +399,7 @@ def _measure(
         torch.cuda.reset_peak_memory_stats(dev)
     load_before = _load_average()
     started = datetime.now(timezone.utc)
+    peak = measured_peak_flops(dev)
 
     # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
     ours = _Ours(cfg, images, runtime)
@@ -406,6 +440,9 @@ def _measure(
             "threads": torch.get_num_threads(),
             "load_average_before": load_before,
             "load_average_after": None,  # filled below
+            "fp32_peak_flops_per_s": peak,
+            "fp32_peak_how": f"best of {PEAK_MATMUL_REPEATS} fp32 {PEAK_MATMUL_SIZE}x"
+            f"{PEAK_MATMUL_SIZE} matmuls, measured (not a specification)",
         },
         "model": {
             "arch": arch_name(cfg.residual, cfg.block, cfg.depth, cfg.family, cfg.stem),
@@ -453,6 +490,12 @@ def _measure(
             result["resexp"]["eval_images_per_s"] / result["baseline"]["eval_images_per_s"]
         )
     result["machine"]["load_average_after"] = _load_average()
+    flops = train_flops_per_image(ours.model)
+    for loop in (result["resexp"], result["baseline"] or {}):
+        if loop:
+            loop["train_flops_per_image"] = flops
+            loop["train_flops_per_s"] = loop["images_per_s"] * flops
+            loop["peak_share"] = loop["train_flops_per_s"] / peak
     return result
 
 
@@ -495,10 +538,14 @@ def format_table(result: dict[str, Any]) -> Table:
             f"({machine['device_name']}), {machine['threads']} threads, "
             f"load {' '.join(f'{v:.2f}' for v in load) if load else 'n/a'}"
         ),
-        caption=f"resexp: {setup}. Baseline: DataLoader with {base['workers']} workers, PIL "
-        "transforms, eager fp32, .item() per step."
-        if base
-        else f"resexp: {setup}.",
+        caption=(
+            f"resexp: {setup}. Baseline: DataLoader with {base['workers']} workers, PIL "
+            "transforms, eager fp32, .item() per step."
+            if base
+            else f"resexp: {setup}."
+        )
+        + f" fp32 peak {machine['fp32_peak_flops_per_s'] / 1e9:.0f} GFLOP/s: "
+        f"{machine['fp32_peak_how']}; training FLOPs: 6 x forward MACs per image.",
     )
     table.add_column("")
     table.add_column("resexp", justify="right")
@@ -506,10 +553,10 @@ def format_table(result: dict[str, Any]) -> Table:
         table.add_column("baseline", justify="right")
         table.add_column("ratio", justify="right")
 
-    def row(label: str, key: str, fmt: str, ratio: bool = False) -> None:
-        cells = [label, _cell(ours.get(key), fmt)]
+    def row(label: str, key: str, fmt: str, ratio: bool = False, scale: float = 1) -> None:
+        cells = [label, _cell(ours.get(key), fmt, scale)]
         if base:
-            cells.append(_cell(base.get(key), fmt))
+            cells.append(_cell(base.get(key), fmt, scale))
             a, b = ours.get(key), base.get(key)
             cells.append(f"{a / b:.2f}x" if ratio and a and b else "")
         table.add_row(*cells)
@@ -518,6 +565,8 @@ def format_table(result: dict[str, Any]) -> Table:
     row("ms per step", "ms_per_step", "{:.1f}")
     row("ms per step, median", "ms_per_step_median", "{:.1f}")
     row("data share of a step", "data_share", "{:.1%}")
+    row("train GFLOP/s", "train_flops_per_s", "{:.3g}", scale=1e-9)
+    row("share of fp32 peak", "peak_share", "{:.1%}")
     row("eval images/s", "eval_images_per_s", "{:.0f}", ratio=True)
     row("first step (s)", "first_step_s", "{:.2f}")
     row("peak RSS (MiB)", "peak_rss_mib", "{:.0f}")
@@ -526,5 +575,5 @@ def format_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    return "n/a" if value is None else fmt.format(value)
+def _cell(value: float | None, fmt: str, scale: float = 1) -> str:
+    return "n/a" if value is None else fmt.format(value * scale)

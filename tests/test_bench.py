@@ -59,8 +59,10 @@ RATE_FIELDS = {
 
 @pytest.fixture(autouse=True)
 def few_images(monkeypatch):
-    """256 generated training images instead of 10,000: the tests check fields, not speed."""
+    """256 generated training images instead of 10,000 and a 64x64 matmul for the peak: the tests
+    check fields, not speed."""
     monkeypatch.setattr(bench_module, "SYNTHETIC_TRAIN_IMAGES", 256)
+    monkeypatch.setattr(bench_module, "PEAK_MATMUL_SIZE", 64)
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +78,7 @@ def run() -> tuple[dict, list]:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(bench_module, "SYNTHETIC_TRAIN_IMAGES", 256)
+        mp.setattr(bench_module, "PEAK_MATMUL_SIZE", 64)
         mp.setattr(torch.utils.data, "DataLoader", spy)
         return bench(config(**TINY)), made
 
@@ -272,3 +275,27 @@ def test_the_old_option_form_is_still_understood():
     assert bench_overrides(["compile=none"])[-1] == "compile=false"
     with pytest.raises(ConfigError, match=r"not an option here.*resexp bench depht=VALUE"):
         bench_config(["--depht", "56"])
+
+
+def test_training_flops_are_a_share_of_the_measured_fp32_peak(result):
+    from resexp.models import build_model, macs_per_image
+
+    flops = 6 * macs_per_image(build_model(8))  # forward MACs x 2 FLOPs x 3 (forward + backward)
+    peak = result["machine"]["fp32_peak_flops_per_s"]
+    assert peak > 0 and "64x64 matmuls, measured" in result["machine"]["fp32_peak_how"]
+    for loop in ("resexp", "baseline"):
+        r = result[loop]
+        assert r["train_flops_per_image"] == flops
+        assert r["train_flops_per_s"] == pytest.approx(r["images_per_s"] * flops)
+        assert r["peak_share"] == pytest.approx(r["train_flops_per_s"] / peak)
+    console = Console(width=160, record=True)
+    console.print(format_table(result))
+    text = console.export_text()
+    assert "share of fp32 peak" in text and f"{result['resexp']['peak_share']:.1%}" in text
+
+
+def test_the_peak_is_two_n_cubed_over_the_best_matmul_time(monkeypatch):
+    clock = iter([0.0, 0.5, 1.0, 1.25, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])  # 0.5, 0.25, then 1 s each
+    monkeypatch.setattr(bench_module.time, "perf_counter", lambda: next(clock))
+    peak = bench_module.measured_peak_flops(torch.device("cpu"))
+    assert peak == 2 * 64**3 / 0.25

@@ -104,12 +104,16 @@ def compose(
 def check_config(overrides: list[str], schema: type[Config] = Config) -> Any:
     """Compose and validate; raise ResexpError with a short message on any bad input; return
     the composed config (composed once: every command runs on what was checked)."""
+    return check(_checked(lambda: compose(overrides, schema=schema), schema))
+
+
+def check(cfg: Any) -> Any:
+    """Validate a composed config (interpolations resolved in place); return it."""
     from omegaconf import OmegaConf
 
     from resexp.models import check_architecture
 
-    cfg = _checked(lambda: compose(overrides, schema=schema), schema)
-    _checked(lambda: OmegaConf.resolve(cfg), schema)
+    _checked(lambda: OmegaConf.resolve(cfg))
     config_module.validate(cfg)
     try:  # a folder's class count is known once read; any count builds
         check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family,
@@ -352,7 +356,7 @@ def sweep(
         from resexp.rundir import CheckpointError
 
         for run in plan.runs:  # every run, its folder included, before any is launched
-            cfg = check_config(run.overrides)
+            cfg = check(run.cfg)  # composed once, by the plan
             try:
                 check_run(cfg)
             except CheckpointError as e:  # that run fails in its job; the others still run

@@ -53,9 +53,9 @@ TRAIN_HELP = """Train one plain or residual network (He et al. 2015, sec. 4.2) w
 Main keys (all typed; `--cfg job` lists every one):
   depth=20|32|44|56|110|1202   any 6n+2 (9n+2 for block=bottleneck: 164, 1001)
   residual=true|false          identity shortcuts, or the plain twin
-  shortcut={shortcuts}                 A: zero-padding (paper's CIFAR choice), B: projection
+  shortcut={shortcuts:<20}A: zero-padding (paper's CIFAR choice), B: projection
   block={blocks}   the block variant
-  family={families}        imagenet: ResNet-18/34/50/101/152 (depth=); stem={stems}
+  family={families:<22}imagenet: ResNet-18/34/50/101/152 (depth=); stem={stems}
   data={data}
   schedule={schedule}
   schedule.iterations=N        shorter run; the lr drops move with it
@@ -598,10 +598,12 @@ def bench_overrides(args: list[str]) -> list[str]:
         key = LEGACY_RENAMED.get(name) or next(
             (k for k in (name, f"bench.{name}", f"schedule.{name}") if k in keys), None
         )
-        if key and option.startswith("--no-"):
-            option, sep, value = key, "=", "false"
-        elif key and (sep or rest):
-            option, sep, value = key, "=", value if sep else rest.pop(0)
+        if key and not sep:  # --no-baseline, --residual, --depth 56
+            valued = bool(rest) and "=" not in rest[0] and not rest[0].startswith("--")
+            value = "false" if option[:5] == "--no-" else rest.pop(0) if valued else "true"
+            option, sep = key, "="
+        elif key:
+            option = key
         if option == "compile" and value in ("none", *config_module.COMPILE_MODES):
             compiled = value != "none"
             overrides += [f"compile={str(compiled).lower()}"]

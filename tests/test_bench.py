@@ -273,6 +273,8 @@ def test_the_old_option_form_is_still_understood():
                        "bench.compile_mode=reduce-overhead", "bench.baseline=false",
                        "bench.json=out.json"]  # fmt: skip
     assert bench_overrides(["compile=none"])[-1] == "compile=false"
+    switches = bench_overrides(["--residual", "--depth", "8", "--no-residual", "--threads", "-1"])
+    assert switches[3:] == ["residual=true", "depth=8", "residual=false", "threads=-1"]
     with pytest.raises(ConfigError, match=r"not an option here.*resexp bench depht=VALUE"):
         bench_config(["--depht", "56"])
 

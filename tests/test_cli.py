@@ -113,3 +113,15 @@ def test_analyze_takes_train_keys_with_train_errors_and_its_own_with_a_did_you_m
     assert bad.returncode == 2 and "progress=loud: must be one of" in bad.stderr
     assert "Traceback" not in typo.stderr + bad.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_hydras_own_flags_are_read_by_hydras_parser():
+    from resexp.cli import _split_flags
+
+    assert _split_flags(["depth=8"]) == (["depth=8"], False)
+    assert _split_flags(["depth=8", "-m", "residual=true,false"]) == (
+        ["depth=8", "residual=true,false"],
+        True,
+    )
+    assert _split_flags(["--cfg", "job", "depth=8", "--resolve"]) == (["depth=8"], True)
+    assert _split_flags(["--info", "config"]) == ([], True)

@@ -5,8 +5,12 @@
     resexp train --cfg job                       print the composed config
 
 ``train`` forwards its arguments to a Hydra application whose configs ship inside the package
-(``pkg://resexp.configs``). Before Hydra creates any directory, the config is composed once and
-checked, so a typo, a wrong type or a bad depth ends with a short message and exit status 2.
+(``pkg://resexp.configs``). Before Hydra creates any directory, the config is composed and
+checked (``check_config``), so a typo, a wrong type or a bad depth ends with a short message and
+exit status 2; Hydra then composes it again for its own run (its logging, -m, --cfg). Every other
+command takes the same overrides through ``check_config`` and runs on the config it checked:
+sweep, evaluate, data prepare, bench (``config.BenchConfig``: train's schema and a ``bench``
+node) and analyze (train's device, threads, progress and data keys beside its own options).
 """
 
 from __future__ import annotations

@@ -112,6 +112,9 @@ def test_analyze_takes_train_keys_with_train_errors_and_its_own_with_a_did_you_m
     bad = run_cli("analyze", "responses", str(tmp_path), "progress=loud", cwd=tmp_path)
     assert bad.returncode == 2 and "progress=loud: must be one of" in bad.stderr
     assert "Traceback" not in typo.stderr + bad.stderr
+    if not torch.cuda.is_available():  # train's own message for a missing GPU
+        cuda = run_cli("analyze", "responses", str(tmp_path), "device=cuda", cwd=tmp_path)
+        assert cuda.returncode == 2 and "no usable CUDA device" in cuda.stderr
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -11,24 +11,24 @@ export TORCHINDUCTOR_CACHE_DIR=$(mktemp -d)
 # 1. The options one by one, ResNet-20, resexp's loop alone (to choose the CPU defaults).
 for precision in fp32 bf16; do
   for cl in false true; do
-    resexp bench --depth 20 --no-baseline --precision "$precision" --channels-last "$cl" \
-      --compile none --iterations 60 --json "$out/options-resnet-20-$precision-cl-$cl.json"
+    resexp bench depth=20 bench.baseline=false precision="$precision" channels_last="$cl" \
+      compile=false bench.iterations=60 bench.json="$out/options-resnet-20-$precision-cl-$cl.json"
   done
 done
-resexp bench --depth 20 --no-baseline --compile default --iterations 60 \
-  --json "$out/options-resnet-20-compile.json"
-resexp bench --depth 20 --no-baseline --compile none --threads 1 --iterations 60 \
-  --json "$out/options-resnet-20-threads-1.json"
+resexp bench depth=20 bench.baseline=false compile=true bench.iterations=60 \
+  bench.json="$out/options-resnet-20-compile.json"
+resexp bench depth=20 bench.baseline=false compile=false threads=1 bench.iterations=60 \
+  bench.json="$out/options-resnet-20-threads-1.json"
 
 # Two runs at once, one thread each (what `resexp sweep hydra/launcher=joblib
 # hydra.launcher.n_jobs=2 threads=1` does), against one run on both cores above.
 for k in 1 2; do
-  resexp bench --depth 20 --no-baseline --compile none --threads 1 --iterations 60 \
-    --json "$out/parallel-resnet-20-$k.json" &
+  resexp bench depth=20 bench.baseline=false compile=false threads=1 bench.iterations=60 \
+    bench.json="$out/parallel-resnet-20-$k.json" &
 done
 wait
 
 # 2. resexp's defaults (bf16, channels_last, torch.compile on this CPU) against the conventional
 # loop, side by side (alternating blocks).
-resexp bench --depth 20 --iterations 100 --json "$out/resnet-20.json"
-resexp bench --depth 56 --iterations 50 --json "$out/resnet-56.json"
+resexp bench depth=20 bench.iterations=100 bench.json="$out/resnet-20.json"
+resexp bench depth=56 bench.iterations=50 bench.json="$out/resnet-56.json"

@@ -2,7 +2,8 @@
 
 What is measured is resexp's own training step as ``train.fit`` runs it (``train.train_step`` on
 ``data.TrainBatches``, the same optimizer, per-step ``set_lr`` and on-device counters), after
-warm-up, with ``fit``'s choice of precision and memory format unless told otherwise. Beside it, in
+warm-up, for the configuration ``resexp train`` would run with the same overrides
+(``config.BenchConfig``: the training schema plus a ``bench`` node). Beside it, in
 the same process and on the same images, runs the loop most public reproductions of He et al.
 2015, sec. 4.2 use (e.g. akamaster/pytorch_resnet_cifar10): a torchvision ``DataLoader`` over PIL
 images with RandomCrop(32, 4) / RandomHorizontalFlip / ToTensor / Normalize, an eager fp32
@@ -13,11 +14,14 @@ speed-up is a ratio measured side by side. The timed steps alternate between the
 Numbers reported: training images/s and ms per step; the share of a step spent producing the
 batch (augmentation and batching); evaluation images/s; peak memory (process RSS on the CPU,
 ``max_memory_allocated`` on CUDA); the time of the first step and evaluation (torch.compile's
-compile time lands there); and the machine: torch, device, CPU model, cores, threads, load.
+compile time lands there); the training FLOP/s each loop achieves, as a share of the fp32 peak
+measured on this device just before (``measured_peak_flops``); and the machine: torch, device,
+CPU model, cores, threads, load.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -27,17 +31,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
-from resexp.config import DataConfig, ScheduleConfig, arch_name
+from resexp import config
+from resexp.config import arch_name
 from resexp.data import ImageData, load_data, mean_std
 from resexp.errors import ConfigError
-from resexp.models import build_model, count_parameters
+from resexp.models import build_model, count_parameters, macs_per_image
 from resexp.runtime import Runtime, resolve
 from resexp.train import Counters, evaluate, lr_at, make_batches, make_optimizer, set_lr, train_step
 
@@ -45,40 +48,31 @@ if TYPE_CHECKING:
     from rich.table import Table
     from torchvision.transforms import Compose
 
-COMPILE_MODES = ("auto", "none", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
-DATA_SOURCES = ("synthetic", "cifar10", "folder")
+# The values of ``compile`` bench takes: train's auto, and none or one of torch.compile's modes.
+COMPILE_MODES = ("auto", "none", *config.COMPILE_MODES)
 SYNTHETIC_TRAIN_IMAGES = 10_000  # enough for many distinct batches; generated in about a second
+EVAL_IMAGES = 2000  # the test images the evaluation is timed on
 BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
+PEAK_MATMUL_SIZE = 1024  # n of the n x n fp32 matmuls timed for the peak: 2.1 GFLOP each
+PEAK_MATMUL_REPEATS = 5
+
+
+def default_data() -> dict[str, Any]:
+    """bench's data where the command line leaves it (``resexp.cli.bench_overrides``):
+    generated images, so that timing needs no download; the test size for any source."""
+    return {"data": "synthetic", "data.train_size": SYNTHETIC_TRAIN_IMAGES,
+            "data.test_size": EVAL_IMAGES}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
 # Setup: options, data, the machine
 
 
-def _check_options(compile: str, iterations: int, warmup: int, rounds: int, data: str) -> None:
-    """The options only bench has; device, precision and channels_last: runtime.resolve."""
-    problems = []
-    if compile not in COMPILE_MODES:
-        problems.append(f"compile must be one of {', '.join(COMPILE_MODES)}, not {compile!r}")
-    if iterations < 1 or warmup < 1 or rounds < 1:
-        problems.append("iterations, warmup and rounds must be at least 1")
-    if data not in DATA_SOURCES:
-        problems.append(f"data must be one of {', '.join(DATA_SOURCES)}, not {data!r}")
-    if problems:
-        raise ConfigError("; ".join(problems))
-
-
-def _load(data: str, data_root: str | None, eval_images: int) -> ImageData:
-    """Generated images (no download) or a real data set, with ``eval_images`` test images."""
-    cfg = OmegaConf.structured(DataConfig(source=data, test_size=eval_images))
-    if data == "synthetic":
-        cfg.train_size = SYNTHETIC_TRAIN_IMAGES
-    else:
-        if data_root is None:
-            raise ConfigError(f"data={data} needs data_root (a CIFAR-10 folder or image folder)")
-        cfg.root = str(data_root)
-        cfg.cache_dir = str(Path(os.environ.get("RESEXP_DATA_DIR", "data")) / "cache")
-    return load_data(cfg)
+def _model(cfg: Any, data: ImageData) -> torch.nn.Module:
+    """The network ``cfg`` names, for ``data``'s classes, seeded as both loops start."""
+    torch.manual_seed(0)
+    return build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, len(data.classes),
+                       family=cfg.family, stem=cfg.stem)  # fmt: skip
 
 
 def _cpu_model() -> str:
@@ -109,6 +103,34 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def measured_peak_flops(device: torch.device) -> float:
+    """Multiply-add throughput of ``device`` in fp32 (FLOP/s, an FMA counting 2), measured: the
+    best of PEAK_MATMUL_REPEATS square matmuls (2 n^3 FLOPs each) with the threads in force.
+
+    A measured peak, not the vendor's specification: what the BLAS reaches on this machine, now
+    (a busy machine measures less). bf16 multiplies faster where the hardware has it, so a bf16
+    run can exceed 100% of it."""
+    n = PEAK_MATMUL_SIZE
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b  # warm-up: threads started, kernel chosen
+    best = math.inf
+    for _ in range(PEAK_MATMUL_REPEATS):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def train_flops_per_image(model: torch.nn.Module) -> int:
+    """Training FLOPs per image, the usual estimate: the forward pass's multiply-accumulates of
+    the convs and the fc layer (``models.macs_per_image``) x 2 FLOPs each, x 3 for forward and
+    backward (the backward pass costs about twice the forward: gradients of the inputs and of
+    the weights). BN, ReLU and the additions are left out, so it errs low."""
+    return 2 * 3 * macs_per_image(model)
+
+
 @dataclass
 class Block:
     """A timed run of consecutive training steps."""
@@ -132,18 +154,15 @@ def _split(total: int, parts: int) -> list[int]:
 class _Ours:
     """resexp's training loop, cut into timed blocks of steps."""
 
-    def __init__(
-        self, depth: int, residual: bool, data: ImageData, runtime: Runtime, batch_size: int
-    ) -> None:
-        torch.manual_seed(0)
+    def __init__(self, cfg: Any, data: ImageData, runtime: Runtime) -> None:
         self.runtime = runtime
         self.device = device = runtime.device
-        self.model = build_model(depth, residual)
+        self.model = _model(cfg, data)
         self.step_model = runtime.prepare(self.model)
         self.data = data.to(device)
-        self.schedule = OmegaConf.structured(ScheduleConfig(batch_size=batch_size))
-        self.optimizer = make_optimizer(self.model, self.schedule, fused=device.type == "cuda")
-        self.batches = make_batches(self.data, batch_size, "pixel_mean", 0, runtime)
+        self.schedule = s = cfg.schedule
+        self.optimizer = make_optimizer(self.model, s, fused=device.type == "cuda")
+        self.batches = make_batches(self.data, s.batch_size, cfg.data.normalize, cfg.seed, runtime)
         self.counters = Counters(device)
         self.iteration = 0
         self.model.train()
@@ -238,14 +257,11 @@ def baseline_workers() -> int:
 class _Baseline:
     """The conventional loop, cut into timed blocks of steps."""
 
-    def __init__(
-        self, depth: int, residual: bool, data: ImageData, device: torch.device, batch_size: int
-    ) -> None:
-        torch.manual_seed(0)
+    def __init__(self, cfg: Any, data: ImageData, device: torch.device) -> None:
         self.device = device
-        self.batch_size = batch_size
-        self.model = build_model(depth, residual).to(device)
-        schedule = ScheduleConfig()
+        self.batch_size = batch_size = cfg.schedule.batch_size
+        self.model = _model(cfg, data).to(device)
+        schedule = cfg.schedule
         self.optimizer = torch.optim.SGD(
             self.model.parameters(),
             lr=schedule.lr,
@@ -336,76 +352,57 @@ class _Baseline:
 # The measurement
 
 
-def bench(
-    depth: int = 20,
-    residual: bool = True,
-    device: str = "auto",
-    batch_size: int = 128,
-    precision: str = "auto",
-    compile: str = "auto",
-    channels_last: str | bool = "auto",
-    threads: int = 0,
-    iterations: int = 50,
-    warmup: int = 10,
-    eval_images: int = 2000,
-    baseline: bool = True,
-    data: str = "synthetic",
-    data_root: str | None = None,
-    rounds: int = 5,
-    eval_batch_size: int = 0,
-) -> dict[str, Any]:
-    """Measure resexp's training step, evaluation and memory, and the conventional loop beside it.
+def bench(cfg: Any) -> dict[str, Any]:
+    """Measure resexp's training step, evaluation and memory, and the conventional loop beside it,
+    for ``cfg`` (a checked ``BenchConfig``: ``resexp.cli.bench_config``).
 
-    ``iterations`` timed steps per loop follow ``warmup`` untimed ones; the timed steps run in
-    ``rounds`` blocks that alternate between resexp and the baseline. ``eval_batch_size`` 0 means
-    the schedule's (as ``train.fit``); the baseline evaluates at ``batch_size``. Returns a
-    JSON-ready dict.
+    ``bench.iterations`` timed steps per loop follow ``bench.warmup`` untimed ones; the timed
+    steps run in ``bench.rounds`` blocks that alternate between resexp and the baseline. The
+    runtime resolves as ``train.fit`` resolves it for ``cfg`` (``compile=auto``: for the
+    schedule's length, the paper's 64k iterations by default); the baseline evaluates at the
+    training batch size. Returns a JSON-ready dict.
     """
-    options = dict(locals())
-    if isinstance(channels_last, bool):  # a CLI flag may hand over a bool
-        channels_last = options["channels_last"] = str(channels_last).lower()
-    _check_options(compile, iterations, warmup, rounds, data)
-    try:
-        build_model(depth, residual)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    if eval_images < 1 or eval_batch_size < 0:
-        raise ConfigError("eval_images must be at least 1, eval_batch_size at least 0")
-    # compile=auto decides as train.fit does for the paper's run (64k iterations, sec. 4.2).
-    wanted = SimpleNamespace(device=device, precision=precision, channels_last=channels_last,
-                             compile={"auto": "auto", "none": "false"}.get(compile, "true"),
-                             threads=threads)  # fmt: skip
-    runtime = resolve(wanted, iterations=ScheduleConfig().iterations)
-    if compile == "auto":
-        compile = "default" if runtime.compile else "none"
-    runtime = replace(runtime, compile_mode=None if compile in ("none", "default") else compile)
-    images = _load(data, data_root, eval_images)
-    if not 0 < batch_size <= len(images.train_y):
-        raise ConfigError(f"batch_size must be between 1 and {len(images.train_y)} (the images)")
+    b, s = cfg.bench, cfg.schedule
+    runtime = resolve(cfg, iterations=s.iterations)
+    mode = b.compile_mode if runtime.compile else "none"  # what is timed
+    runtime = replace(runtime, compile_mode=None if mode in ("none", "default") else mode)
+    options = {**{k: cfg[k] for k in ("depth", "residual", "device", "precision", "threads")},
+               **b, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size,
+               "compile": "auto" if cfg.compile == "auto" else mode,
+               "channels_last": str(cfg.channels_last).lower(), "data": cfg.data.source,
+               "eval_images": cfg.data.test_size, "data_root": cfg.data.get("root")}  # fmt: skip
+    images = load_data(cfg.data)
+    if s.batch_size > len(images.train_y):
+        raise ConfigError(
+            f"schedule.batch_size={s.batch_size}: more than the {len(images.train_y)} images"
+        )
 
     threads_before = torch.get_num_threads()
     try:
         runtime.apply()  # as train.fit: both loops run with its threads; restored at the end
-        return _measure(options, images, runtime, compile, _split(iterations, rounds))
+        return _measure(cfg, options, images, runtime, mode, _split(b.iterations, b.rounds))
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _measure(
-    options: dict[str, Any], images: ImageData, runtime: Runtime, compile: str, blocks: list[int]
+    cfg: Any,
+    options: dict[str, Any],
+    images: ImageData,
+    runtime: Runtime,
+    compile: str,
+    blocks: list[int],
 ) -> dict[str, Any]:
-    depth, residual, batch_size = options["depth"], options["residual"], options["batch_size"]
-    warmup = options["warmup"]
+    batch_size, warmup = options["batch_size"], options["warmup"]
     dev = runtime.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     load_before = _load_average()
     started = datetime.now(timezone.utc)
+    peak = measured_peak_flops(dev)
 
     # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
-    ours = _Ours(depth, residual, images, runtime, batch_size)
-    if options["eval_batch_size"]:
-        ours.schedule.eval_batch_size = options["eval_batch_size"]
+    ours = _Ours(cfg, images, runtime)
     first_step_s = ours.steps(1).wall_s
     ours.steps(warmup - 1)
     first_eval_s = ours.evaluate()
@@ -418,7 +415,7 @@ def _measure(
     if options["baseline"]:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        base = _Baseline(depth, residual, images, dev, batch_size)
+        base = _Baseline(cfg, images, dev)
         base_first_step_s = base.steps(1).wall_s
         base.steps(warmup - 1)
         base_times.append(base.steps(blocks[0]))
@@ -443,9 +440,12 @@ def _measure(
             "threads": torch.get_num_threads(),
             "load_average_before": load_before,
             "load_average_after": None,  # filled below
+            "fp32_peak_flops_per_s": peak,
+            "fp32_peak_how": f"best of {PEAK_MATMUL_REPEATS} fp32 {PEAK_MATMUL_SIZE}x"
+            f"{PEAK_MATMUL_SIZE} matmuls, measured (not a specification)",
         },
         "model": {
-            "arch": arch_name(residual, "basic", depth),
+            "arch": arch_name(cfg.residual, cfg.block, cfg.depth, cfg.family, cfg.stem),
             "params": count_parameters(ours.model),
             "data": images.description,
         },
@@ -490,6 +490,12 @@ def _measure(
             result["resexp"]["eval_images_per_s"] / result["baseline"]["eval_images_per_s"]
         )
     result["machine"]["load_average_after"] = _load_average()
+    flops = train_flops_per_image(ours.model)
+    for loop in (result["resexp"], result["baseline"] or {}):
+        if loop:
+            loop["train_flops_per_image"] = flops
+            loop["train_flops_per_s"] = loop["images_per_s"] * flops
+            loop["peak_share"] = loop["train_flops_per_s"] / peak
     return result
 
 
@@ -532,10 +538,14 @@ def format_table(result: dict[str, Any]) -> Table:
             f"({machine['device_name']}), {machine['threads']} threads, "
             f"load {' '.join(f'{v:.2f}' for v in load) if load else 'n/a'}"
         ),
-        caption=f"resexp: {setup}. Baseline: DataLoader with {base['workers']} workers, PIL "
-        "transforms, eager fp32, .item() per step."
-        if base
-        else f"resexp: {setup}.",
+        caption=(
+            f"resexp: {setup}. Baseline: DataLoader with {base['workers']} workers, PIL "
+            "transforms, eager fp32, .item() per step."
+            if base
+            else f"resexp: {setup}."
+        )
+        + f" fp32 peak {machine['fp32_peak_flops_per_s'] / 1e9:.0f} GFLOP/s: "
+        f"{machine['fp32_peak_how']}; training FLOPs: 6 x forward MACs per image.",
     )
     table.add_column("")
     table.add_column("resexp", justify="right")
@@ -543,10 +553,10 @@ def format_table(result: dict[str, Any]) -> Table:
         table.add_column("baseline", justify="right")
         table.add_column("ratio", justify="right")
 
-    def row(label: str, key: str, fmt: str, ratio: bool = False) -> None:
-        cells = [label, _cell(ours.get(key), fmt)]
+    def row(label: str, key: str, fmt: str, ratio: bool = False, scale: float = 1) -> None:
+        cells = [label, _cell(ours.get(key), fmt, scale)]
         if base:
-            cells.append(_cell(base.get(key), fmt))
+            cells.append(_cell(base.get(key), fmt, scale))
             a, b = ours.get(key), base.get(key)
             cells.append(f"{a / b:.2f}x" if ratio and a and b else "")
         table.add_row(*cells)
@@ -555,6 +565,8 @@ def format_table(result: dict[str, Any]) -> Table:
     row("ms per step", "ms_per_step", "{:.1f}")
     row("ms per step, median", "ms_per_step_median", "{:.1f}")
     row("data share of a step", "data_share", "{:.1%}")
+    row("train GFLOP/s", "train_flops_per_s", "{:.3g}", scale=1e-9)
+    row("share of fp32 peak", "peak_share", "{:.1%}")
     row("eval images/s", "eval_images_per_s", "{:.0f}", ratio=True)
     row("first step (s)", "first_step_s", "{:.2f}")
     row("peak RSS (MiB)", "peak_rss_mib", "{:.0f}")
@@ -563,5 +575,5 @@ def format_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def _cell(value: float | None, fmt: str) -> str:
-    return "n/a" if value is None else fmt.format(value)
+def _cell(value: float | None, fmt: str, scale: float = 1) -> str:
+    return "n/a" if value is None else fmt.format(value * scale)

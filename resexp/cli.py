@@ -5,8 +5,12 @@
     resexp train --cfg job                       print the composed config
 
 ``train`` forwards its arguments to a Hydra application whose configs ship inside the package
-(``pkg://resexp.configs``). Before Hydra creates any directory, the config is composed once and
-checked, so a typo, a wrong type or a bad depth ends with a short message and exit status 2.
+(``pkg://resexp.configs``). Before Hydra creates any directory, the config is composed and
+checked (``check_config``), so a typo, a wrong type or a bad depth ends with a short message and
+exit status 2; Hydra then composes it again for its own run (its logging, -m, --cfg). Every other
+command takes the same overrides through ``check_config`` and runs on the config it checked:
+sweep, evaluate, data prepare, bench (``config.BenchConfig``: train's schema and a ``bench``
+node) and analyze (train's device, threads, progress and data keys beside its own options).
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from typing import Annotated, Any
 import typer
 
 from resexp import config as config_module
-from resexp.config import BLOCKS
-from resexp.errors import ResexpError
+from resexp.config import BLOCKS, FAMILIES, SHORTCUTS, STEMS, BenchConfig, Config
+from resexp.errors import ConfigError, ResexpError
 
 log = logging.getLogger("resexp")
 
@@ -53,9 +57,9 @@ TRAIN_HELP = """Train one plain or residual network (He et al. 2015, sec. 4.2) w
 Main keys (all typed; `--cfg job` lists every one):
   depth=20|32|44|56|110|1202   any 6n+2 (9n+2 for block=bottleneck: 164, 1001)
   residual=true|false          identity shortcuts, or the plain twin
-  shortcut=A|B                 A: zero-padding (paper's CIFAR choice), B: projection
+  shortcut={shortcuts:<20}A: zero-padding (paper's CIFAR choice), B: projection
   block={blocks}   the block variant
-  family=cifar|imagenet        imagenet: ResNet-18/34/50/101/152 (depth=); stem=cifar|imagenet
+  family={families:<22}imagenet: ResNet-18/34/50/101/152 (depth=); stem={stems}
   data={data}
   schedule={schedule}
   schedule.iterations=N        shorter run; the lr drops move with it
@@ -84,13 +88,16 @@ app.add_typer(data_app, name="data")
 # Config composition and checks (before Hydra creates anything)
 
 
-def compose(overrides: list[str], return_hydra_config: bool = False):
-    """The config for ``overrides``, composed as ``resexp train`` would, with nothing written."""
+def compose(
+    overrides: list[str], return_hydra_config: bool = False, schema: type[Config] = Config
+) -> Any:
+    """The config for ``overrides``, composed as ``resexp train`` would, with nothing written;
+    ``schema``: a command's extension of the training schema (``BenchConfig``)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    config_module.register()
+    config_module.register(schema)
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose(
@@ -98,15 +105,18 @@ def compose(overrides: list[str], return_hydra_config: bool = False):
         )
 
 
-def check_config(overrides: list[str]) -> Any:
+def check_config(overrides: list[str], schema: type[Config] = Config) -> Any:
     """Compose and validate; raise ResexpError with a short message on any bad input; return
-    the composed config."""
+    the composed config (composed once: every command runs on what was checked)."""
+    return check(_checked(lambda: compose(overrides, schema=schema), schema))
+
+
+def check(cfg: Any) -> Any:
+    """Validate a composed config (interpolations resolved in place); return it."""
     from omegaconf import OmegaConf
 
-    from resexp.errors import ConfigError
     from resexp.models import check_architecture
 
-    cfg = _checked(lambda: compose(overrides))
     _checked(lambda: OmegaConf.resolve(cfg))
     config_module.validate(cfg)
     try:  # a folder's class count is known once read; any count builds
@@ -146,8 +156,6 @@ def check_writable(folder: Path) -> None:
     It is tried, not inferred from permission bits (which say nothing for root, or for a
     read-only file system), in the nearest folder that exists: nothing is created here.
     """
-    from resexp.errors import ConfigError
-
     existing = folder.absolute()
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -164,20 +172,18 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
-def _checked(plan: Callable[[], Any]) -> Any:
+def _checked(plan: Callable[[], Any], schema: type[Config] = Config) -> Any:
     """Run ``plan()``, turning Hydra's composition errors into short ConfigErrors."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from resexp.errors import ConfigError
-
     try:
         return plan()
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_hydra_message(e)) from None
+        raise ConfigError(_hydra_message(e, schema)) from None
 
 
-def _hydra_message(e: Exception) -> str:
+def _hydra_message(e: Exception, schema: type[Config] = Config) -> str:
     """Hydra's message, without its stack trace and without OmegaConf's object dump."""
     lines = []
     for err in (e, e.__cause__):
@@ -189,30 +195,11 @@ def _hydra_message(e: Exception) -> str:
     text = "\n".join(lines) if lines else type(e).__name__
     if "Could not override" in text:
         key = text.split("'")[1] if text.count("'") >= 2 else ""
-        close = _close_keys(key)
-        if close:
-            text = f"unknown key {key!r}: did you mean {' or '.join(close)}?"
+        close = config_module.close_keys(key, [*config_module.schema_keys(schema), "experiment"])
+        text = f"unknown key {key!r}: did you mean {' or '.join(close)}?" if close else text
         text += "\n`resexp train --cfg job` lists every key; `resexp train --help` the main ones."
+        text += "" if schema is Config else " `resexp bench --help`: the bench.* keys."
     return text
-
-
-def _close_keys(key: str) -> list[str]:
-    """Keys of the schema (and config groups) that a misspelt ``key`` probably meant."""
-    import difflib
-
-    from omegaconf import OmegaConf
-
-    def dotted(node: Any, prefix: str = "") -> list[str]:
-        keys = []
-        for k in node:
-            value = OmegaConf.select(node, k, throw_on_missing=False)
-            keys.append(prefix + k)
-            if OmegaConf.is_dict(value):
-                keys += dotted(value, f"{prefix}{k}.")
-        return keys
-
-    known = [*dotted(OmegaConf.structured(config_module.Config)), "experiment"]
-    return difflib.get_close_matches(key, known, n=2, cutoff=0.7)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,47 +243,22 @@ def train_task(cfg) -> dict:
     return summary
 
 
-# Hydra's own command-line flags, which `resexp train` passes through to it.
-HYDRA_FLAGS = {
-    "--multirun", "--cfg", "--package", "--info", "--config-name", "--config-dir", "--config-path",
-    "--experimental-rerun", "--resolve", "--run", "--hydra-help", "--shell-completion",
-}  # fmt: skip
-
-
-def _split_flags(args: list[str]) -> tuple[list[str], bool]:
-    """Separate Hydra overrides from Hydra's own flags (-m, --cfg, ...); a ``--key value``
+def _split_flags(args: list[str], command: str = "train") -> tuple[list[str], bool]:
+    """Split a command line with Hydra's own parser (the one ``hydra.main`` uses) into the
+    overrides and whether any of Hydra's flags (-m, --cfg job, ...) is there; a ``--key value``
     habit gets a hint to write ``key=value``."""
-    from resexp.errors import ConfigError
+    from hydra._internal.utils import get_args_parser
 
-    overrides, hydra_flags, skip = [], False, False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a.startswith("--") and a not in HYDRA_FLAGS and "=" not in a:
-            raise ConfigError(
-                f"{a} is not an option here: settings are key=value overrides, e.g. "
-                f"`resexp train {a[2:].replace('-', '_')}=VALUE` (`resexp train --help`)"
-            )
-        if a.startswith("-"):
-            hydra_flags = True
-            skip = a in (
-                "--cfg",
-                "-c",
-                "--package",
-                "-p",
-                "--info",
-                "--config-name",
-                "-cn",
-                "--config-dir",
-                "-cd",
-                "--config-path",
-                "-cp",
-                "--experimental-rerun",
-            )
-            continue
-        overrides.append(a)
-    return overrides, hydra_flags
+    parser = get_args_parser()
+    flags, unknown = parser.parse_known_intermixed_args(args)
+    if unknown:
+        key = unknown[0].lstrip("-").split("=")[0].replace("-", "_")
+        raise ConfigError(
+            f"{unknown[0]} is not an option here: settings are key=value overrides, e.g. "
+            f"`resexp {command} {key}=VALUE` (`resexp {command} --help`)"
+        )
+    given = {k: v for k, v in vars(flags).items() if k != "overrides"}
+    return flags.overrides, any(v != parser.get_default(k) for k, v in given.items())
 
 
 def _fail(e: ResexpError, verbose: bool) -> None:
@@ -317,6 +279,9 @@ def _fail(e: ResexpError, verbose: bool) -> None:
         data="|".join(group_choices("data")),
         schedule="|".join(group_choices("schedule")),
         blocks="|".join(BLOCKS),
+        shortcuts="|".join(SHORTCUTS),
+        families="|".join(FAMILIES),
+        stems="|".join(STEMS),
     ),
 )
 def train(
@@ -348,9 +313,7 @@ def data_prepare(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        check_config(list(ctx.args))
-        cfg = compose(list(ctx.args))
-        data = prepare_data(cfg.data)
+        data = prepare_data(check_config(list(ctx.args)).data)
     except ResexpError as e:
         _fail(e, verbose)
     typer.echo(f"ready: {data.description}")
@@ -397,7 +360,7 @@ def sweep(
         from resexp.rundir import CheckpointError
 
         for run in plan.runs:  # every run, its folder included, before any is launched
-            cfg = check_config(run.overrides)
+            cfg = check(run.cfg)  # composed once, by the plan
             try:
                 check_run(cfg)
             except CheckpointError as e:  # that run fails in its job; the others still run
@@ -523,11 +486,16 @@ def analyze_command(
       resexp analyze lesion outputs/degradation images=0 draws=5
       resexp analyze landscape outputs/degradation steps_2d=21
       resexp analyze shattering
-    Options are option=value (`resexp analyze --list` shows them all with their defaults).
+      resexp analyze responses outputs/laptop data.root=cifar10-jpeg.tar.xz device=cpu
+    Options are option=value (`resexp analyze --list` shows them all with their defaults);
+    device=, threads=, progress=, data= and data.KEY= are `resexp train`'s, checked as there
+    (each run's own data unless data= names another source, as `resexp evaluate`).
     Writes a PNG, a CSV and a JSON (with what the literature expects and whether it agrees)
     and TensorBoard images to TARGET/analysis/NAME/.
     """
-    from resexp.analysis import ANALYSES, analyze, help_text, parse_options
+    from functools import partial
+
+    from resexp.analysis import ANALYSES, analyze, help_text, is_train_key, parse_options
     from resexp.compare import find_study
 
     if list_analyses or name is None:
@@ -536,12 +504,17 @@ def analyze_command(
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if name not in ANALYSES:
-            from resexp.errors import ConfigError
-
             raise ConfigError(f"unknown analysis {name!r}: choose one of {', '.join(ANALYSES)}")
+        options = parse_options(list(ctx.args))
+        overrides = [f"{k}={v}" for k, v in options.items() if is_train_key(k)]
+        cfg = check_config(overrides)  # train's keys: the same defaults, checks and errors
+        keys = config_module.explicit_keys(overrides)
         if target is None and name != "shattering":
             target = find_study(Path("outputs"))
-        paths = analyze(name, target or Path("outputs"), **parse_options(list(ctx.args)))
+        own = {k: v for k, v in options.items() if not is_train_key(k)}
+        paths = analyze(name, target or Path("outputs"), device=cfg.device, threads=cfg.threads,
+                        progress=cfg.progress, data=partial(config_module.data_for_run, cfg=cfg,
+                        keys=keys), **own)  # fmt: skip
     except ResexpError as e:
         _fail(e, verbose)
     for path in paths:
@@ -597,45 +570,72 @@ def evaluate_command(
     print_report(results)
 
 
-@app.command("bench")
-def bench_command(
-    depth: Annotated[int, typer.Option(help="6n+2 layers.")] = 20,
-    residual: Annotated[bool, typer.Option(help="Residual or plain net.")] = True,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Mini-batch (the paper: 128).")] = 128,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16")] = "auto",
-    compile: Annotated[
-        str,
-        typer.Option(
-            help="auto (as `resexp train` for a 64k-iteration run) | none | default | "
-            "reduce-overhead | max-autotune-no-cudagraphs"
-        ),
-    ] = "auto",
-    channels_last: Annotated[str, typer.Option(help="auto | true | false")] = "auto",
-    threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
-    iterations: Annotated[int, typer.Option(help="Timed steps per loop.")] = 50,
-    warmup: Annotated[int, typer.Option(help="Untimed steps first.")] = 10,
-    eval_images: Annotated[int, typer.Option(help="Images in the evaluation timing.")] = 2000,
-    eval_batch_size: Annotated[
-        int, typer.Option(help="resexp's evaluation batch (0: the schedule's, 1000).")
-    ] = 0,
-    rounds: Annotated[
-        int, typer.Option(help="Timed blocks, alternating between resexp and the baseline.")
-    ] = 5,
-    baseline: Annotated[
-        bool, typer.Option(help="Also time the conventional DataLoader + PIL loop.")
-    ] = True,
-    data: Annotated[str, typer.Option(help="synthetic | folder")] = "synthetic",
-    data_root: Annotated[str | None, typer.Option(help="For data=folder.")] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Where to write the JSON result.")
-    ] = None,
-    verbose: Verbose = False,
-) -> None:
-    """Measure training images/s, the data path's share, evaluation speed and memory, beside
-    a conventional DataLoader/PIL/eager-fp32 loop on the same model and batch (issue: speed).
+BENCH_HELP = """Time resexp's training step beside a conventional DataLoader/PIL/eager-fp32 loop.
 
-    Prints a table and writes JSON (default outputs/bench/resnet-20-cpu.json)."""
+\b
+  resexp bench depth=56 precision=fp32 channels_last=false compile=false
+  resexp bench data=folder data.root=cifar10-jpeg.tar.xz bench.iterations=100
+
+`resexp train`'s overrides mean what they mean there (the step timed is the one train would run),
+on generated images unless data= names others (data.test_size=2000: the evaluation timing's).
+bench's own: bench.iterations=50 (timed steps per loop), bench.warmup=10, bench.rounds=5 (blocks
+alternating between the loops), bench.baseline=true, bench.compile_mode (torch.compile's mode
+where compile is on; compile=MODE sets both), bench.json=PATH (default: outputs/bench/).
+"""
+
+# resexp bench's options before it took overrides (`--batch-size 64`, `--no-baseline`), still
+# understood: each names its key in the schema (schedule.batch_size, bench.baseline), but these.
+LEGACY_RENAMED = {"eval_images": "data.test_size", "data_root": "data.root"}
+
+
+def bench_overrides(args: list[str]) -> list[str]:
+    """``args`` as overrides: the old ``--depth 20`` form translated, ``compile=MODE`` (one of
+    torch.compile's modes, or none) as compile and bench.compile_mode, then bench's data
+    defaults where ``args`` leave them."""
+    from resexp.bench import default_data
+
+    keys = config_module.schema_keys(BenchConfig)
+    overrides, rest = [], list(args)
+    while rest:
+        option, sep, value = rest.pop(0).partition("=")
+        name = option[2:].replace("-", "_").removeprefix("no_") if option[:2] == "--" else "?"
+        key = LEGACY_RENAMED.get(name) or next(
+            (k for k in (name, f"bench.{name}", f"schedule.{name}") if k in keys), None
+        )
+        if key and not sep:  # --no-baseline, --residual, --depth 56
+            valued = bool(rest) and "=" not in rest[0] and not rest[0].startswith("--")
+            value = "false" if option[:5] == "--no-" else rest.pop(0) if valued else "true"
+            option, sep = key, "="
+        elif key:
+            option = key
+        if option == "compile" and value in ("none", *config_module.COMPILE_MODES):
+            compiled = value != "none"
+            overrides += [f"compile={str(compiled).lower()}"]
+            overrides += [f"bench.compile_mode={value}"] if compiled else []
+        else:
+            overrides.append(f"{option}{sep}{value}")
+    given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)
+    synthetic = given.get("data", "synthetic") == "synthetic"  # only its size is bench's own
+    defaults = [f"{k}={v}" for k, v in default_data().items()
+                if k not in given and (synthetic or k == "data.test_size")]  # fmt: skip
+    return defaults + overrides
+
+
+def bench_config(args: list[str]) -> Any:
+    """The checked config of ``resexp bench ARGS`` (``BenchConfig``)."""
+    overrides, hydra_flags = _split_flags(bench_overrides(args), "bench")
+    if hydra_flags:
+        raise ConfigError("resexp bench takes key=value overrides only (no -m, --cfg, ...)")
+    return check_config(overrides, BenchConfig)
+
+
+@app.command(
+    "bench",
+    context_settings=EXTRA_ARGS,
+    short_help="Time training and evaluation beside a conventional DataLoader loop.",
+    help=BENCH_HELP,
+)
+def bench_command(ctx: typer.Context, verbose: Verbose = False) -> None:
     import json
 
     from rich.console import Console
@@ -645,29 +645,13 @@ def bench_command(
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        result = bench(
-            depth=depth,
-            residual=residual,
-            device=device,
-            batch_size=batch_size,
-            precision=precision,
-            compile=compile,
-            channels_last=channels_last,
-            threads=threads,
-            iterations=iterations,
-            warmup=warmup,
-            eval_images=eval_images,
-            eval_batch_size=eval_batch_size,
-            rounds=rounds,
-            baseline=baseline,
-            data=data,
-            data_root=data_root,
-        )
+        cfg = bench_config(list(ctx.args))
+        result = bench(cfg)
     except ResexpError as e:
         _fail(e, verbose)
     Console().print(format_table(result))
-    name = f"{result['model']['arch']}-{result['machine']['device']}"
-    path = json_path or Path("outputs") / "bench" / f"{name.replace(':', '')}.json"
+    name = f"{result['model']['arch']}-{result['machine']['device']}".replace(":", "")
+    path = Path(cfg.bench.json or Path(cfg.output_root) / "bench" / f"{name}.json")
     write_json(path, json.loads(json.dumps(result, default=str)))
     typer.echo(f"wrote {path}")
 

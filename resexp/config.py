@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
@@ -24,6 +25,8 @@ SHORTCUTS: tuple[str, ...] = ("A", "B")
 BLOCKS: tuple[str, ...] = ("basic", "preact", "highway", "bottleneck")
 FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
+# torch.compile's modes, which ``resexp bench`` can time (``bench.compile_mode``).
+COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass
@@ -116,6 +119,31 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
+@dataclass
+class BenchSettings:
+    """What only ``resexp bench`` sets: how long it times, and what it times beside resexp."""
+
+    iterations: int = 50  # timed steps per loop
+    warmup: int = 10  # untimed steps first (torch.compile's compilation lands there)
+    rounds: int = 5  # timed blocks, alternating between resexp's loop and the baseline
+    baseline: bool = True  # also time the conventional DataLoader + PIL + eager fp32 loop
+    compile_mode: str = "default"  # torch.compile's mode where compile resolves to true
+    json: str | None = None  # the result's path (default: <output_root>/bench/<arch>-<device>.json)
+
+
+@dataclass
+class BenchConfig(Config):
+    """``resexp bench``'s schema: a training run's (every key means what it means for ``resexp
+    train``: the step timed is the one ``train.fit`` would run) and one ``bench`` node.
+
+    A node of its own schema, not a key of ``Config`` nor a config group: a group would have to
+    add a key the training schema refuses, and a ``bench`` key in ``Config`` would be accepted
+    (and ignored) by ``resexp train`` and written into every run's config.yaml.
+    """
+
+    bench: BenchSettings = field(default_factory=BenchSettings)
+
+
 def arch_name(
     residual: bool, block: str, depth: int, family: str = "cifar", stem: str = "cifar"
 ) -> str:
@@ -138,11 +166,50 @@ def num_classes(cfg: Any) -> int | None:
     return {"cifar10": 10, "cifar100": 100}.get(source)
 
 
-def register() -> None:
-    """Make the schema and the ``arch`` resolver known to Hydra (idempotent)."""
+def register(schema: type[Config] = Config) -> None:
+    """Make ``schema`` (``Config``, or a command's extension of it) and the ``arch`` resolver
+    known to Hydra as config.yaml's schema (idempotent)."""
     if not OmegaConf.has_resolver("arch"):
         OmegaConf.register_new_resolver("arch", arch_name)
-    ConfigStore.instance().store(name="resexp_schema", node=Config)
+    ConfigStore.instance().store(name="resexp_schema", node=schema)
+
+
+def schema_keys(schema: type[Config] = Config) -> list[str]:
+    """Every dotted key of ``schema`` (``depth``, ``data``, ``data.root``, ...)."""
+
+    def dotted(node: dict, prefix: str = "") -> list[str]:
+        keys = []
+        for k, v in node.items():
+            keys += [prefix + k, *(dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [])]
+        return keys
+
+    return dotted(cast(dict, OmegaConf.to_container(OmegaConf.structured(schema))))  # a dict
+
+
+def close_keys(key: str, known: Sequence[str]) -> list[str]:
+    """The ``known`` keys that a misspelt ``key`` probably meant (the did-you-mean)."""
+    import difflib
+
+    return difflib.get_close_matches(key, list(known), n=2, cutoff=0.7)
+
+
+def explicit_keys(overrides: Sequence[str]) -> list[str]:
+    """The keys the command line sets (``depth=20`` -> ``depth``; ``+a.b=1`` -> ``a.b``)."""
+    return [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+
+
+def data_for_run(own: Any, cfg: Any, keys: Sequence[str]) -> Any:
+    """The data a job on a trained run reads: the run's own (``own``, the ``data`` of its saved
+    config; paths as resolved when it trained) unless the command line (its ``keys``) says
+    ``data=`` another source; ``data.KEY=VALUE`` changes one setting of it. ``cfg``: the
+    composed config; its data where the run's is unknown (``own`` None)."""
+    if own is None or "data" in keys:
+        return cfg.data
+    data = OmegaConf.create(dict(own))
+    for key in keys:
+        if key.startswith("data."):
+            OmegaConf.update(data, key[5:], OmegaConf.select(cfg, key), merge=False)
+    return data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,6 +278,12 @@ def validate(cfg: Any) -> None:
     need(d.synthetic.num_classes >= 2, "data.synthetic.num_classes", "must be 2 or more")
     need(d.synthetic.noise >= 0, "data.synthetic.noise", "must be 0 or more")
     need(d.synthetic.seed >= 0, "data.synthetic.seed", "must be 0 or more")
+
+    if "bench" in cfg:  # resexp bench's schema
+        for key in ("iterations", "warmup", "rounds"):
+            need(cfg.bench[key] >= 1, f"bench.{key}", "must be 1 or more")
+        need(str(cfg.bench.compile_mode) in COMPILE_MODES, "bench.compile_mode",
+             f"must be one of {', '.join(COMPILE_MODES)}")  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from resexp.config import data_for_run, explicit_keys
 from resexp.errors import ConfigError, ResexpError
 from resexp.runtime import Runtime, resolve
 
@@ -555,11 +556,6 @@ def evaluate_weights(
 # From a path to results
 
 
-def explicit_keys(overrides: Sequence[str]) -> list[str]:
-    """The keys the command line sets (``depth=20`` -> ``depth``; ``+a.b=1`` -> ``a.b``)."""
-    return [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-
-
 def evaluate_path(
     path: Path, cfg: Any, overrides: Sequence[str], out: Path | None = None
 ) -> list[Evaluation]:
@@ -579,11 +575,10 @@ def evaluate_path(
         found, study = _weights_in_folder(path, claims)
     runtime = resolve(cfg)  # evaluation only: never compiled
 
-    new_data = "data" in keys  # data=SOURCE: another data set than a run's own
     loaded: dict[str, tuple[Any, Any]] = {}
     results = []
     for weights in found:
-        data_cfg = _data_config(weights, cfg, keys, new_data)
+        data_cfg = data_for_run(weights.data, cfg, keys)  # its own unless data=
         key = repr(sorted(_plain(data_cfg).items()))
         if key not in loaded:
             from resexp.data import load_data
@@ -624,21 +619,6 @@ def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weig
         wanted = " ".join(f"{k}={v}" for k, v in claims.items())
         raise ResexpError(f"no run of {path} has {wanted}; it holds {have}")
     return [weights_from_run(r, {}) for r in chosen], path
-
-
-def _data_config(weights: Weights, cfg: Any, keys: Sequence[str], new_data: bool) -> Any:
-    """A resexp run is evaluated on its own data (its config, paths resolved when it trained)
-    unless ``data=`` chooses a source; ``data.KEY=VALUE`` changes one setting of it. Imported
-    weights: the composed data."""
-    from omegaconf import OmegaConf
-
-    if weights.data is None or new_data:
-        return cfg.data
-    data = OmegaConf.create(weights.data)
-    for key in keys:
-        if key.startswith("data."):
-            OmegaConf.update(data, key[5:], OmegaConf.select(cfg, key), merge=False)
-    return data
 
 
 def _plain(node: Any) -> dict:

@@ -308,6 +308,27 @@ def test_bad_options(study, tmp_path):
         parse_options(["steps_1d"])
 
 
+def test_options_are_refused_as_train_refuses_keys_before_anything_is_written(tmp_path):
+    with pytest.raises(ResexpError, match=r"unknown option drws for analysis lesion: did you mean"):
+        analyze("lesion", tmp_path, drws=3)
+    with pytest.raises(ResexpError, match="precision is a key of resexp train that analyses do"):
+        analyze("responses", tmp_path, precision="bf16")
+    assert not any(tmp_path.iterdir())
+
+
+def test_data_keys_change_each_runs_data_as_for_evaluate(study, tmp_path):
+    from functools import partial
+
+    from resexp.cli import check_config
+    from resexp.config import data_for_run
+
+    cfg = check_config(["data.test_size=64"])
+    data = partial(data_for_run, cfg=cfg, keys=["data.test_size"])
+    analyze("responses", study, out_dir=tmp_path, images=0, data=data, progress="none")
+    own = json.loads((tmp_path / "responses.json").read_text())["samples"]
+    assert [s["images"] for s in own] == [64]  # the runs' own synthetic data, 64 test images
+
+
 def test_describe_lists_every_analysis_with_its_options():
     entries = {e["name"]: e for e in describe()}
     assert set(entries) == set(ANALYSES) == set(OPTIONS)

@@ -104,3 +104,27 @@ def test_analyze_lists_its_analyses_and_refuses_unknown_ones(tmp_path):
         assert name in listed.stdout
     unknown = run_cli("analyze", "nope", str(tmp_path), cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown analysis" in unknown.stderr
+
+
+def test_analyze_takes_train_keys_with_train_errors_and_its_own_with_a_did_you_mean(tmp_path):
+    typo = run_cli("analyze", "lesion", str(tmp_path), "drws=3", cwd=tmp_path)
+    assert typo.returncode == 2 and "did you mean draws?" in typo.stderr
+    bad = run_cli("analyze", "responses", str(tmp_path), "progress=loud", cwd=tmp_path)
+    assert bad.returncode == 2 and "progress=loud: must be one of" in bad.stderr
+    assert "Traceback" not in typo.stderr + bad.stderr
+    if not torch.cuda.is_available():  # train's own message for a missing GPU
+        cuda = run_cli("analyze", "responses", str(tmp_path), "device=cuda", cwd=tmp_path)
+        assert cuda.returncode == 2 and "no usable CUDA device" in cuda.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_hydras_own_flags_are_read_by_hydras_parser():
+    from resexp.cli import _split_flags
+
+    assert _split_flags(["depth=8"]) == (["depth=8"], False)
+    assert _split_flags(["depth=8", "-m", "residual=true,false"]) == (
+        ["depth=8", "residual=true,false"],
+        True,
+    )
+    assert _split_flags(["--cfg", "job", "depth=8", "--resolve"]) == (["depth=8"], True)
+    assert _split_flags(["--info", "config"]) == ([], True)

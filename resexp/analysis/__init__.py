@@ -11,6 +11,9 @@ the analysis and writes into ``<target>/analysis/<name>/``: a PNG per figure, th
 and JSON, and the figures as TensorBoard images (``tensorboard/``). The JSON's ``checks`` list,
 also logged, puts what the literature expects next to what was measured: "expected: ...;
 measured: ...; agrees: yes/no".
+
+Of ``resexp train``'s keys, an analysis takes those that say where and on what it runs
+(``TRAIN_KEYS``), with train's defaults and checks.
 """
 
 from __future__ import annotations
@@ -32,15 +35,18 @@ from resexp.analysis.responses import OPTIONS as RESPONSE_OPTIONS
 from resexp.analysis.responses import analyze_responses
 from resexp.analysis.shattering import OPTIONS as SHATTERING_OPTIONS
 from resexp.analysis.shattering import analyze_shattering
+from resexp.config import PROGRESS, Config, close_keys, schema_keys
 from resexp.errors import ConfigError, ResexpError
 
 __all__ = [
     "ANALYSES",
     "COMMON_OPTIONS",
     "OPTIONS",
+    "TRAIN_KEYS",
     "analyze",
     "describe",
     "help_text",
+    "is_train_key",
     "log_gradient_stats",
     "parse_options",
 ]
@@ -70,15 +76,23 @@ NEEDS_NO_RUNS = {"shattering"}
 
 COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "out_dir": (None, "where the results go (default: <target>/analysis/<name>/)"),
-    "device": (
-        "auto",
-        "auto (as resexp train: CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps",
-    ),
     "images": (2000, "test images used: a seeded, class-balanced sample (0: the whole set)"),
     "unfinished": (False, "also analyse runs that have not completed, named as such"),
     "batch_size": (500, "images per forward pass"),
-    "progress": ("auto", "auto (a bar on a terminal, log lines otherwise), bar, lines or none"),
+    # resexp train's keys (TRAIN_KEYS), with train's defaults and meaning:
+    "device": (Config.device, "auto (CUDA, else MPS, else the CPU), cpu, cuda, cuda:N or mps"),
+    "threads": (Config.threads, "CPU threads (0: torch's default)"),
+    "progress": (Config.progress, "auto (a bar on a terminal, lines otherwise), bar, lines, none"),
+    "data": ("(each run's own)", "another source; data.KEY=VALUE: one setting of each run's"),
 }
+# resexp train's keys an analysis takes (and data.KEY): where and on what it runs. The others
+# (precision, compile, ...) do not apply: analyses measure each run's network in fp32, eager.
+TRAIN_KEYS = ("device", "threads", "progress", "data")
+
+
+def is_train_key(key: str) -> bool:
+    """Whether ``key`` (of ``key=value``) is one of ``resexp train``'s that analyses take."""
+    return key in TRAIN_KEYS or key.startswith("data.")
 
 
 def describe() -> list[dict[str, Any]]:
@@ -119,19 +133,24 @@ def analyze(
     target: Path | str,
     *,
     out_dir: Path | str | None = None,
-    device: str = "auto",
+    device: str = Config.device,
     images: int | str | None = 2000,
     batch_size: int | str = 500,
-    progress: str = "auto",
+    progress: str = Config.progress,
     unfinished: bool | str = False,
+    threads: int = Config.threads,
+    data: Callable[[dict], Any] | None = None,
     **options: Any,
 ) -> list[Path]:
     """Run analysis ``name`` on the runs under ``target``; return the paths it wrote.
 
     ``options`` are the analysis's own (see ``OPTIONS`` or ``describe()``); values may be given
     as strings (``"21"``, ``"true"``, ``"2,4,8"``) and are converted to the default's type.
-    Raises ResexpError for an unknown analysis or option, or a target without runs.
+    ``data``: a run's data config -> the one to read (``config.data_for_run``; default: its
+    own). Raises ResexpError for an unknown analysis or option, or a target without runs.
     """
+    import torch
+
     from resexp.runtime import Runtime, select_device
 
     if name not in ANALYSES:
@@ -144,8 +163,8 @@ def analyze(
     n_batch = _as_int("batch_size", batch_size)
     if n_images < 0 or n_batch < 1:
         raise ConfigError("images must be >= 0 (0: all) and batch_size >= 1")
-    if progress not in ("auto", "bar", "lines", "none"):
-        raise ConfigError(f"progress must be auto, bar, lines or none, not {progress!r}")
+    if progress not in PROGRESS:
+        raise ConfigError(f"progress must be one of {', '.join(PROGRESS)}, not {progress!r}")
 
     include_unfinished: bool = _coerce("unfinished", unfinished, False)
     target = Path(target)
@@ -163,7 +182,7 @@ def analyze(
         )
     runtime = Runtime(select_device(device))  # its defaults: fp32, eager, contiguous
     out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
-    settings = Settings(runtime, n_images or None, n_batch, DataCache(runtime.device))
+    settings = Settings(runtime, n_images or None, n_batch, DataCache(runtime.device, data))
     out.runs, out.samples = runs, settings.data.samples
     log.info(
         "analysis %s: %d run%s under %s -> %s",
@@ -173,6 +192,8 @@ def analyze(
         target,
         out.dir,
     )
+    if threads > 0:  # as train: process-wide
+        torch.set_num_threads(threads)
     try:
         ANALYSES[name](runs, out, settings, **kwargs)
     finally:
@@ -204,13 +225,18 @@ def parse_options(args: list[str]) -> dict[str, str]:
 
 
 def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The analysis's own options, typed; an unknown one refused as an unknown key of ``resexp
+    train`` is (with a did-you-mean), a training key analyses do not take saying so."""
     valid = OPTIONS[name]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        choices = ", ".join(valid) or "none"
+    for key in sorted(set(options) - set(valid)):
+        if key in schema_keys():  # analyses measure each run's network in fp32, eager
+            raise ConfigError(f"{key} is a key of resexp train that analyses do not take; they "
+                              f"take {', '.join(TRAIN_KEYS)} and data.KEY")  # fmt: skip
+        close = close_keys(key, [*valid, *COMMON_OPTIONS])
         raise ConfigError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for analysis "
-            f"{name}; its options: {choices} (plus {', '.join(COMMON_OPTIONS)})"
+            f"unknown option {key} for analysis {name}"
+            + (f": did you mean {' or '.join(close)}?" if close else "")
+            + f"; its options: {', '.join(valid) or 'none'} (plus {', '.join(COMMON_OPTIONS)})"
         )
     return {k: _coerce(k, v, valid[k][0]) for k, v in options.items()}
 

@@ -12,7 +12,7 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,8 +251,9 @@ class RunData:
 class DataCache:
     """Loads each distinct data config once per analysis (a study's runs share one)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, data_for: Callable[[dict], Any] | None = None):
         self.device = device
+        self.data_for = data_for  # a run's data config -> the one to read (default: its own)
         self._loaded: dict[str, RunData] = {}
         self.samples: dict[tuple[str, int], dict[str, Any]] = {}  # every sample drawn, any data
 
@@ -263,7 +264,7 @@ class DataCache:
 
         key = json.dumps(run.config["data"], sort_keys=True)
         if key not in self._loaded:
-            cfg = run.config["data"]
+            cfg = self.data_for(run.config["data"]) if self.data_for else run.config["data"]
             data = load_data(OmegaConf.create(cfg)).to(self.device)
             mean, std = mean_std(data.train_x, cfg.get("normalize", "pixel_mean"))
             self._loaded[key] = RunData(

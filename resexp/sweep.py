@@ -110,7 +110,7 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
                 cfg=cfg,
             )
         )
-    base_cfg = compose(base)
+    base_cfg = hydra_cfg  # the same config, with its hydra node
     study_dir = Path(base_cfg.output_root) / str(base_cfg.name)
     n_jobs = int(hydra_cfg.hydra.launcher.get("n_jobs") or 1) if launcher != "basic" else 1
     if n_jobs < 1:  # joblib's -1: one per core

@@ -379,13 +379,21 @@ class Counters:
         first = (self.bad_at < 0) & ~torch.isfinite(loss)
         self.bad_at.copy_(torch.where(first, iteration, self.bad_at))
 
-    def take_train(self) -> tuple[float, float]:
-        """Training error (%) and mean loss since the last call; resets them."""
+    def read_train(self) -> tuple[float, float]:
+        """Training error (%) and mean loss since the last reset (one host sync)."""
         error = 100.0 * self.errors.item() / max(self.seen, 1)
         loss = self.loss.item() / max(self.seen, 1)
+        return error, loss
+
+    def reset_train(self) -> None:
         self.errors.zero_()
         self.loss.zero_()
         self.seen = 0
+
+    def take_train(self) -> tuple[float, float]:
+        """Training error (%) and mean loss since the last call; resets them."""
+        error, loss = self.read_train()
+        self.reset_train()
         return error, loss
 
     def take_warmup(self) -> float:
@@ -617,7 +625,8 @@ def _evaluate(run: Training, guard: SignalGuard) -> int | None:
             bad_at + 1,
         )
         return bad_at + 1
-    train_error, train_loss = run.counters.take_train()
+    # Read, not reset: a stop inside the test pass checkpoints the interval's counters intact.
+    train_error, train_loss = run.counters.read_train()
     rt, data = run.runtime, run.data
     test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.batches.mean,
                                      run.batches.std, run.cfg.schedule.eval_batch_size, rt.dtype,
@@ -626,6 +635,7 @@ def _evaluate(run: Training, guard: SignalGuard) -> int | None:
              "test_error": test_error, "test_loss": test_loss, "lr": run.lr,
              "images_per_second": run.images / max(run.train_time, 1e-9) if run.images else None,
              "wall_seconds": run.wall()})  # fmt: skip
+    run.counters.reset_train()
     run.eval_pending = False
     return None
 

@@ -370,3 +370,34 @@ def test_sweep_writes_the_shared_charts_before_any_run(tmp_path):
     (layout,) = events.Tensors("custom_scalars__config__")
     text = layout.tensor_proto.string_val[0]
     assert b"plain-20|resnet-20" in text and b"20 layers: plain vs residual" in text
+
+
+def test_a_stop_during_an_evaluation_keeps_that_intervals_training_error(compose_cfg, monkeypatch):
+    # Review finding: the counters were reset before the test pass, so a run stopped inside it
+    # resumed with a training error of 0.0 for that interval.
+    from resexp.train import StopRequested
+
+    fit(compose_cfg(*TINY, "name=reference"))
+    original, calls = train.evaluate, {"n": 0}
+
+    def evaluate_or_stop(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # inside the second evaluation (iteration 40)
+            raise StopRequested("SIGTERM")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_or_stop)
+    with pytest.raises(StopRequested):
+        fit(compose_cfg(*TINY))
+    monkeypatch.setattr(train, "evaluate", original)
+    fit(compose_cfg(*TINY))
+
+    def rows(name: str) -> list[tuple]:
+        path = Path(compose_cfg(*TINY, f"name={name}").run_dir)
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        return [(r["iteration"], r["train_error"], r["train_loss"]) for r in map(json.loads, lines)]
+
+    resumed, uninterrupted = rows("default"), rows("reference")
+    assert [r[0] for r in resumed] == [20, 40, 60]
+    assert resumed[1][1] > 0.0
+    assert resumed == uninterrupted  # bit for bit: same device and settings

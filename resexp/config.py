@@ -99,9 +99,9 @@ class Config:
     stem: str = "cifar"  # family=imagenet: cifar (3x3 conv) | imagenet (7x7/2 conv, 3x3/2 max-pool)
     seed: int = 0
     device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16) | fp32 | bf16
+    precision: str = "auto"  # auto (native on the device: runtime.py) | fp32 | bf16 | fp16
     channels_last: str = "auto"  # auto (on CUDA and CPU, not MPS) | true | false
-    compile: str = "auto"  # auto (CPU runs of 2000+ iterations, with a C++ compiler) | true | false
+    compile: str = "auto"  # auto (long runs: runtime.py) | true | false | a torch.compile mode
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard
     output_root: str = "outputs"

@@ -86,9 +86,11 @@ def test_auto_precision_is_bf16_on_cpus_that_have_it(monkeypatch, native):
     cpu = torch.device("cpu")
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("fp16", cpu) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
     with pytest.raises(ConfigError, match="precision must be"):
-        autocast_dtype("fp16", cpu)
+        autocast_dtype("fp8", cpu)
 
 
 def test_channels_last_auto_on_cpu_and_cuda_and_any_spelling_of_true():
@@ -107,8 +109,8 @@ def test_compile_auto_only_for_long_cpu_runs_with_a_compiler(monkeypatch):
     monkeypatch.setattr(runtime, "cpp_compiler", lambda: "/usr/bin/g++")
     assert compile_for("auto", cpu, 64_000) is True
     assert compile_for("auto", cpu, COMPILE_MIN_ITERATIONS - 1) is False  # compiling costs more
-    assert compile_for("auto", cuda, 64_000) is False  # not measured on a GPU yet
     assert compile_for("True", cuda, 10) is True and compile_for("false", cpu, 64_000) is False
+    assert compile_for("reduce-overhead", cpu, 10) is True  # a named mode compiles
     monkeypatch.setattr(runtime, "cpp_compiler", lambda: None)
     assert compile_for("auto", cpu, 64_000) is False  # Inductor could not build its kernels
     with pytest.raises(ConfigError, match="compile must be"):
@@ -341,6 +343,9 @@ def test_each_segment_of_a_resumed_run_is_recorded(compose_cfg, monkeypatch):
     assert (first["from_iteration"], second["from_iteration"]) == (0, 30)
     assert first["channels_last"] is True and second["channels_last"] is False
     assert second["threads"] == 1 and summary["status"] == "completed"
+    # Another memory format and thread count: the same run, but no longer bit for bit.
+    assert second["bit_exact_resume"] is False and summary["bit_exact_resume"] is False
+    assert any("channels_last True -> False" in why for why in second["inexact_because"])
 
 
 def test_a_run_feeds_the_studys_tensorboard_charts_and_hparams_live(compose_cfg):

@@ -524,8 +524,10 @@ class Training:
         self.scaler = runtime.grad_scaler()
         self.batches = make_batches(data, sched.batch_size, cfg.data.normalize, cfg.seed, runtime)
         self.counters = Counters(device)
-        # The schedule as plain Python values: the loop reads it every step, without OmegaConf.
-        self.schedule = cast(ScheduleConfig, OmegaConf.to_object(sched))
+        # The schedule as plain Python values: the loop reads it every step, without OmegaConf
+        # (merged onto the schema, so a config that lost its type still becomes a dataclass).
+        typed = OmegaConf.merge(OmegaConf.structured(ScheduleConfig), sched)
+        self.schedule = cast(ScheduleConfig, OmegaConf.to_object(typed))
         self.iteration, history, self.wall_before, self.eval_pending = 0, [], 0.0, False
         self.warming_up = bool(sched.warmup.enabled)
         self.lr = lr_at(0, sched, self.warming_up)  # the latest step's, reported at evaluations

@@ -127,6 +127,8 @@ def resolve(cfg: Any, iterations: int | None = None) -> Runtime:
         notes.append(f"compile={cfg.compile} falls back to eager: {missing}")
     elif compiled:
         notes.append(f"torch.compile (compile={cfg.compile})")
+    elif iterations is not None and str(cfg.compile).lower() == "auto":
+        notes.append(f"eager (compile=auto: {iterations} iterations on {device.type})")
     return Runtime(
         device,
         dtype,

@@ -347,5 +347,8 @@ def test_fp16_resumes_bit_for_bit_with_its_gradient_scaler(compose_cfg, monkeypa
     assert summary["precision"] == "float16" and summary["bit_exact_resume"] is True
     assert_same_run(Path(cfg.run_dir), Path(reference.run_dir), iterations=20)
     first = RunDir(Path(cfg.run_dir)).log_file.read_text().splitlines()[0]
-    assert first.endswith("runtime: cpu (float16, channels_last): precision fp16 (asked for), "
-                          "with a gradient scaler")  # fmt: skip
+    expected = (
+        "runtime: cpu (float16, channels_last): precision fp16 (asked for), with a gradient "
+        "scaler; eager (compile=auto: 20 iterations on cpu)"
+    )
+    assert first.endswith(expected)

@@ -2,8 +2,10 @@
 
 Device, autocast dtype, memory format, torch.compile and CPU threads decide how fast a network
 trains, never what it is trained to (He et al. 2015, "Deep Residual Learning for Image
-Recognition", sec. 4.2, whatever they say); ``auto`` is decided by measurement (README, "Speed";
-benchmarks/NOTES.md). ``Runtime.prepare`` is the one place a model is moved and compiled.
+Recognition", sec. 4.2, whatever they say); ``auto`` is decided by measurement on the CPU
+(README, "Speed"; benchmarks/NOTES.md) and, on GPUs, not yet measured, by what the hardware
+computes natively (NVIDIA's compute capability tables). ``Runtime.prepare`` is the one place a
+model is moved and compiled; ``Runtime.explain`` says what was chosen and why.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from resexp import config
+from resexp import runtime as runtime_module
 from resexp.config import arch_name
 from resexp.data import ImageData, load_data, mean_std
 from resexp.errors import ConfigError
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from torchvision.transforms import Compose
 
-# The values of ``compile`` bench takes: train's auto, and none or one of torch.compile's modes.
-COMPILE_MODES = ("auto", "none", *config.COMPILE_MODES)
+# The values of ``compile`` the older ``--compile`` option took: auto, none or a torch.compile mode.
+COMPILE_MODES = ("auto", "none", *runtime_module.COMPILE_MODES)
 SYNTHETIC_TRAIN_IMAGES = 10_000  # enough for many distinct batches; generated in about a second
 EVAL_IMAGES = 2000  # the test images the evaluation is timed on
 BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default
@@ -364,8 +364,7 @@ def bench(cfg: Any) -> dict[str, Any]:
     """
     b, s = cfg.bench, cfg.schedule
     runtime = resolve(cfg, iterations=s.iterations)
-    mode = b.compile_mode if runtime.compile else "none"  # what is timed
-    runtime = replace(runtime, compile_mode=None if mode in ("none", "default") else mode)
+    mode = (runtime.compile_mode or "default") if runtime.compile else "none"  # what is timed
     options = {**{k: cfg[k] for k in ("depth", "residual", "device", "precision", "threads")},
                **b, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size,
                "compile": "auto" if cfg.compile == "auto" else mode,

@@ -64,7 +64,8 @@ Main keys (all typed; `--cfg job` lists every one):
   schedule={schedule}
   schedule.iterations=N        shorter run; the lr drops move with it
   schedule.log_every=N         training error logged every N iterations
-  seed=K  name=NAME  device=auto|cpu|cuda|mps  precision=auto|fp32|bf16
+  seed=K  name=NAME  device=auto|cpu|cuda|mps  precision=auto|fp32|bf16|fp16
+  compile=auto|true|false|reduce-overhead|max-autotune|...   torch.compile (auto: long runs)
   restart=true                 start over (the old run directory is moved aside whole)
 
 Outputs go to outputs/NAME/<plain|resnet>-DEPTH/seedK/ (resumed if it exists).
@@ -608,10 +609,8 @@ def bench_overrides(args: list[str]) -> list[str]:
             option, sep = key, "="
         elif key:
             option = key
-        if option == "compile" and value in ("none", *config_module.COMPILE_MODES):
-            compiled = value != "none"
-            overrides += [f"compile={str(compiled).lower()}"]
-            overrides += [f"bench.compile_mode={value}"] if compiled else []
+        if option == "compile" and value == "none":
+            overrides.append("compile=false")
         else:
             overrides.append(f"{option}{sep}{value}")
     given = dict(o.lstrip("+~").split("=", 1) for o in overrides if "=" in o)

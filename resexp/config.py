@@ -25,8 +25,6 @@ SHORTCUTS: tuple[str, ...] = ("A", "B")
 BLOCKS: tuple[str, ...] = ("basic", "preact", "highway", "bottleneck")
 FAMILIES: tuple[str, ...] = ("cifar", "imagenet")
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
-# torch.compile's modes, which ``resexp bench`` can time (``bench.compile_mode``).
-COMPILE_MODES: tuple[str, ...] = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 @dataclass
@@ -102,9 +100,9 @@ class Config:
     stem: str = "cifar"  # family=imagenet: cifar (3x3 conv) | imagenet (7x7/2 conv, 3x3/2 max-pool)
     seed: int = 0
     device: str = "auto"  # auto (cuda, mps, cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # auto (bf16 on CUDA and CPUs with native bf16) | fp32 | bf16
+    precision: str = "auto"  # auto (native on the device: runtime.py) | fp32 | bf16 | fp16
     channels_last: str = "auto"  # auto (on CUDA and CPU, not MPS) | true | false
-    compile: str = "auto"  # auto (CPU runs of 2000+ iterations, with a C++ compiler) | true | false
+    compile: str = "auto"  # auto (long runs: runtime.py) | true | false | a torch.compile mode
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
     runs_per_gpu: int = 1  # a sweep under joblib: runs at once on each GPU (resexp/gpus.py)
     log_gradients_every: int = 0  # >0: per-layer grad norms + weight histograms to TensorBoard
@@ -127,7 +125,6 @@ class BenchSettings:
     warmup: int = 10  # untimed steps first (torch.compile's compilation lands there)
     rounds: int = 5  # timed blocks, alternating between resexp's loop and the baseline
     baseline: bool = True  # also time the conventional DataLoader + PIL + eager fp32 loop
-    compile_mode: str = "default"  # torch.compile's mode where compile resolves to true
     json: str | None = None  # the result's path (default: <output_root>/bench/<arch>-<device>.json)
 
 
@@ -282,8 +279,6 @@ def validate(cfg: Any) -> None:
     if "bench" in cfg:  # resexp bench's schema
         for key in ("iterations", "warmup", "rounds"):
             need(cfg.bench[key] >= 1, f"bench.{key}", "must be 1 or more")
-        need(str(cfg.bench.compile_mode) in COMPILE_MODES, "bench.compile_mode",
-             f"must be one of {', '.join(COMPILE_MODES)}")  # fmt: skip
     if problems:
         raise ConfigError("; ".join(problems))
 

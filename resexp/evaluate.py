@@ -42,7 +42,7 @@ from torch import Tensor
 
 from resexp.config import data_for_run, explicit_keys
 from resexp.errors import ConfigError, ResexpError
-from resexp.runtime import Runtime, resolve
+from resexp.runtime import Runtime, float64_device, resolve
 
 if TYPE_CHECKING:
     from resexp.models import ResNet
@@ -390,10 +390,11 @@ def confusion_and_loss(
     assert isinstance(fc, torch.nn.Linear)
     outputs = fc.out_features
     confusion = torch.zeros(num_classes * outputs, dtype=torch.long, device=x.device)
-    loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    wide = float64_device(x.device)  # MPS has no float64
+    loss = torch.zeros((), dtype=torch.float64, device=wide)
     for xb, yb in eval_batches(x, y, batch_size, mean, std, memory_format=memory_format):
         logits = model(xb).float()  # (B, outputs); fp32 weights, no autocast
-        loss += F.cross_entropy(logits, yb, reduction="sum").double()
+        loss += F.cross_entropy(logits, yb, reduction="sum").to(wide).double()
         confusion += torch.bincount(yb * outputs + logits.argmax(1), minlength=len(confusion))
     return confusion.view(num_classes, outputs).cpu(), loss.item() / len(y)
 

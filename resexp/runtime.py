@@ -2,13 +2,16 @@
 
 Device, autocast dtype, memory format, torch.compile and CPU threads decide how fast a network
 trains, never what it is trained to (He et al. 2015, "Deep Residual Learning for Image
-Recognition", sec. 4.2, whatever they say); ``auto`` is decided by measurement (README, "Speed";
-benchmarks/NOTES.md). ``Runtime.prepare`` is the one place a model is moved and compiled.
+Recognition", sec. 4.2, whatever they say); ``auto`` is decided by measurement on the CPU
+(README, "Speed"; benchmarks/NOTES.md) and, on GPUs, not yet measured, by what the hardware
+computes natively (NVIDIA's compute capability tables). ``Runtime.prepare`` is the one place a
+model is moved and compiled; ``Runtime.explain`` says what was chosen and why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 from dataclasses import dataclass
@@ -22,6 +25,23 @@ from resexp.errors import ConfigError
 # 80 s (ResNet-56) on 2 cores, after which bf16 training runs about 19% (ResNet-20) or 9%
 # (ResNet-56) more images per second (benchmarks/NOTES.md): it breaks even near 2000 iterations.
 COMPILE_MIN_ITERATIONS = 2000
+# On CUDA a step of these small networks is launch-bound and about ten times faster than on the
+# CPU, so compiling (still a minute or so) pays only over about ten times as many steps: the
+# paper's 64k-iteration run, not the 8k ``short`` one. An estimate, not yet measured on a GPU.
+COMPILE_MIN_ITERATIONS_CUDA = 20_000
+# torch.compile's modes (torch.compile docs): "reduce-overhead" replays the step as CUDA graphs,
+# which removes the per-kernel launch cost that dominates small CIFAR networks on a GPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_OPTIONS = ("auto", "true", "false", *COMPILE_MODES)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# NVIDIA's compute capability 8.0 (Ampere, A100) brings bf16 tensor cores; 7.0 (Volta) fp16 tensor
+# cores (CUDA C++ Programming Guide, "Compute Capabilities"; PyTorch AMP docs: fp16 needs a
+# GradScaler). Below 7.0 (Pascal) fp16 arithmetic has no tensor cores, and on 6.1 parts (GTX 10xx)
+# runs at 1/64 of the fp32 rate (the guide's arithmetic-throughput table): fp32 is faster there.
+BF16_MIN_CAPABILITY = (8, 0)
+FP16_MIN_CAPABILITY = (7, 0)
+# Triton, Inductor's GPU code generator, supports compute capability 7.0 and up.
+TRITON_MIN_CAPABILITY = (7, 0)
 
 
 @dataclass(frozen=True)
@@ -34,12 +54,18 @@ class Runtime:
     memory_format: torch.memory_format = torch.contiguous_format
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0: torch's default
-    compile_mode: str | None = None  # torch.compile's mode (None: its default); resexp bench's
+    compile_mode: str | None = None  # torch.compile's mode (None: its default)
+    notes: tuple[str, ...] = ()  # why each choice was made, and every fallback (``explain``)
 
     @property
     def precision(self) -> str:
-        """``bf16`` or ``fp32``, as run logs, summaries and benchmarks name it."""
+        """``bfloat16``, ``float16`` or ``fp32``, as run logs, summaries and benchmarks name it."""
         return str(self.dtype).replace("torch.", "") if self.dtype else "fp32"
+
+    @property
+    def compile_label(self) -> str | bool:
+        """What a run's segments record: False, True (torch.compile's default mode) or the mode."""
+        return (self.compile_mode or True) if self.compile else False
 
     @property
     def channels_last(self) -> bool:
@@ -49,7 +75,18 @@ class Runtime:
         """The run log's words for it, e.g. ``cpu (bf16, channels_last, torch.compile)``."""
         layout = ", channels_last" if self.channels_last else ""
         compiled = ", torch.compile" if self.compile else ""
-        return f"{self.device} ({self.precision}{layout}{compiled})"
+        mode = f" {self.compile_mode}" if self.compile and self.compile_mode else ""
+        return f"{self.device} ({self.precision}{layout}{compiled}{mode})"
+
+    def explain(self) -> str:
+        """One line: what was chosen and why (a run's first log line)."""
+        return f"runtime: {self.describe()}: " + "; ".join(self.notes)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A gradient scaler, enabled for fp16 only: fp16's narrow exponent range flushes small
+        gradients to zero unless the loss is scaled up first (PyTorch AMP docs, "Gradient
+        Scaling"); bf16 has fp32's range and needs none. Disabled, it passes everything through."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
     def apply(self) -> None:
         """Set what is process-wide: torch's CPU threads (if given), cuDNN's autotuner on CUDA."""
@@ -80,14 +117,28 @@ class Runtime:
 def resolve(cfg: Any, iterations: int | None = None) -> Runtime:
     """The runtime ``cfg`` asks for (its ``device``, ``precision``, ``channels_last``, ``compile``
     and ``threads``), each checked. ``iterations``: the training steps of the job, which
-    ``compile=auto`` weighs; None for a job that trains no run: never compiled."""
+    ``compile=auto`` weighs; None for a job that trains no run: never compiled.
+
+    What a device lacks falls back, with a note: see ``Runtime.explain``."""
     device = select_device(cfg.device)
+    dtype, why_precision = choose_precision(cfg.precision, device)
+    notes = [why_precision]
+    compiled = iterations is not None and compile_for(cfg.compile, device, iterations)
+    if compiled and (missing := compile_unavailable(device)) is not None:
+        compiled = False
+        notes.append(f"compile={cfg.compile} falls back to eager: {missing}")
+    elif compiled:
+        notes.append(f"torch.compile (compile={cfg.compile})")
+    elif iterations is not None and str(cfg.compile).lower() == "auto":
+        notes.append(f"eager (compile=auto: {iterations} iterations on {device.type})")
     return Runtime(
         device,
-        autocast_dtype(cfg.precision, device),
+        dtype,
         memory_format_for(cfg.channels_last, device),
-        iterations is not None and compile_for(cfg.compile, device, iterations),
+        compiled,
         cfg.threads,
+        compile_mode=compile_mode(cfg.compile) if compiled else None,
+        notes=tuple(notes),
     )
 
 
@@ -115,6 +166,12 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 sums for ``device`` can live: the device itself, except MPS, which has no
+    float64 (PyTorch MPS backend docs: "float64 is not supported"); there, the host."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where oneDNN's bf16
     convolutions are faster than fp32 ones; elsewhere bf16 is emulated and slower."""
@@ -122,22 +179,65 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32.
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The CUDA device's compute capability (major, minor), e.g. (8, 0) for an A100."""
+    return torch.cuda.get_device_capability(device)
 
-    ``auto`` means bf16 on CUDA and on CPUs with native bf16, chosen by measurement: on a 2-core
-    AMD EPYC (AVX512-BF16) bf16 autocast trains ResNet-20 about 1.7x faster than fp32, and short
-    runs on CIFAR-10 reach the same test error in either (README, "Speed"). Weights, gradients,
-    optimizer state and the loss stay fp32; only convolutions and the linear layer run in bf16.
+
+def choose_precision(option: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype (None: plain fp32) and, in words, why.
+
+    ``auto`` picks what the hardware multiplies natively: bf16 on CUDA devices of compute
+    capability 8.0 and up and on CPUs with AVX512-BF16 or AMX; fp16 with a gradient scaler on
+    CUDA 7.x (Volta, Turing: fp16 tensor cores, no bf16 ones); fp32 on older GPUs, other CPUs and
+    MPS (unmeasured there). On a 2-core AMD EPYC (AVX512-BF16) bf16 autocast trains ResNet-20
+    about 1.7x faster than fp32, and short runs on CIFAR-10 reach the same test error in either
+    (README, "Speed"). Weights, gradients, optimizer state and the loss stay fp32; only
+    convolutions and the linear layer run in the lower precision (PyTorch AMP docs).
     """
-    if precision == "auto":
-        native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-        return torch.bfloat16 if native else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    raise ConfigError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    option = str(option).lower()
+    if option not in PRECISIONS:
+        raise ConfigError(f"precision must be {', '.join(PRECISIONS)}, not {option!r}")
+    if option == "fp32":
+        return None, "precision fp32 (asked for)"
+    if device.type == "mps" and not torch.amp.is_autocast_available("mps"):
+        return None, f"precision={option} falls back to fp32: no autocast on MPS in this torch"
+    if option in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if option == "bf16" else torch.float16
+        why = f"precision {option} (asked for)"
+        if option == "fp16":
+            why += ", with a gradient scaler"
+        slow_bf16 = option == "bf16" and device.type == "cuda"
+        if slow_bf16 and cuda_capability(device) < BF16_MIN_CAPABILITY:
+            why += f"; compute capability {_cc(device)} has no bf16 tensor cores: slow"
+        return dtype, why
+    if device.type == "cuda":
+        cc = cuda_capability(device)
+        if cc >= BF16_MIN_CAPABILITY:
+            return torch.bfloat16, f"precision bf16 (auto: compute capability {_cc(device)} >= 8.0)"
+        if cc >= FP16_MIN_CAPABILITY:
+            return torch.float16, (
+                f"precision fp16 with a gradient scaler (auto: compute capability {_cc(device)} "
+                "has fp16 tensor cores but no bf16 ones)"
+            )
+        return None, (
+            f"precision fp32 (auto: compute capability {_cc(device)} < 7.0 has no fast fp16 "
+            "or bf16)"
+        )
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16, "precision bf16 (auto: this CPU has AVX512-BF16 or AMX)"
+    if device.type == "cpu":
+        return None, "precision fp32 (auto: this CPU has no native bf16; emulated bf16 is slower)"
+    return None, f"precision fp32 (auto: lower precision unmeasured on {device.type})"
+
+
+def _cc(device: torch.device) -> str:
+    return ".".join(map(str, cuda_capability(device)))
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype ``choose_precision`` picks, or None for plain fp32."""
+    return choose_precision(precision, device)[0]
 
 
 def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
@@ -153,17 +253,39 @@ def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
 
 
 def compile_for(option: str, device: torch.device, iterations: int) -> bool:
-    """``compile``: ``true``/``false``, or ``auto``: on the CPU for runs of at least
-    COMPILE_MIN_ITERATIONS iterations, where a C++ compiler is found (Inductor's CPU code needs
-    one). Not on CUDA or MPS yet: unmeasured there."""
+    """Whether to compile. ``compile``: ``true``/``false``, a torch.compile mode (compiles), or
+    ``auto``: runs of at least COMPILE_MIN_ITERATIONS iterations on the CPU, where a C++
+    compiler is found (Inductor's CPU code needs one), and of COMPILE_MIN_ITERATIONS_CUDA on
+    CUDA, where Triton can build kernels (compute capability 7.0+); never on MPS (unmeasured)."""
     option = str(option).lower()
-    if option not in ("auto", "true", "false"):
-        raise ConfigError(f"compile must be auto, true or false, not {option!r}")
+    if option not in COMPILE_OPTIONS:
+        raise ConfigError(f"compile must be {', '.join(COMPILE_OPTIONS)}, not {option!r}")
     if option != "auto":
-        return option == "true"
-    return (
-        device.type == "cpu" and iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
-    )
+        return option != "false"
+    if device.type == "cpu":
+        return iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
+    if device.type == "cuda":
+        return iterations >= COMPILE_MIN_ITERATIONS_CUDA and compile_unavailable(device) is None
+    return False
+
+
+def compile_mode(option: str) -> str | None:
+    """torch.compile's ``mode`` for ``compile``: the mode it names, else None (its default, as
+    ``true`` and ``default`` both mean)."""
+    option = str(option).lower()
+    return option if option in COMPILE_MODES and option != "default" else None
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for ``device`` here, or None if it can."""
+    if device.type == "cpu" and cpp_compiler() is None:
+        return "no C++ compiler for Inductor's CPU kernels (set CXX, or install g++)"
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed"
+        if cuda_capability(device) < TRITON_MIN_CAPABILITY:
+            return f"Triton needs compute capability 7.0, this GPU has {_cc(device)}"
+    return None
 
 
 def cpp_compiler() -> str | None:

@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import num_classes, validate
+from resexp.config import ScheduleConfig, num_classes, validate
 from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
 from resexp.rundir import RunDir
-from resexp.runtime import Runtime, compile_for, resolve
+from resexp.runtime import Runtime, resolve
 from resexp.tracking import Progress, Tracker, log_gradient_stats
 
 log = logging.getLogger(__name__)
@@ -75,11 +75,23 @@ def random_states() -> dict:
 
 
 def set_random_states(states: dict) -> None:
+    """Restore ``random_states()``'s output, on whatever devices this machine has.
+
+    CUDA's states are per device: as many as both machines have are restored, whatever device
+    count either saw (``set_rng_state_all`` refuses fewer visible devices); none where there is
+    no CUDA, or none saved (a CPU checkpoint resumed on a GPU). Training draws its random
+    numbers from the data's own generator, not these, so a count that differs changes nothing.
+    """
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+    saved = states.get("cuda") or []
+    here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, state in enumerate(saved[:here]):
+        torch.cuda.set_rng_state(state, index)
+    if saved and len(saved) != here:
+        log.info("CUDA random states were saved for %d devices, %d here: %d restored",
+                 len(saved), here, min(len(saved), here))  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,14 +157,24 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     runtime: Runtime,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step; returns the batch's mean loss and its number of errors, on the device."""
+    """One SGD step; returns the batch's mean loss and its number of errors, on the device.
+
+    ``scaler`` (fp16): the loss is scaled before backward and the step skipped when a gradient
+    overflowed (PyTorch AMP docs, "Gradient Scaling"); disabled or None, a plain step.
+    """
     with runtime.autocast():
         out = model(x)
         loss = F.cross_entropy(out, y)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # fused SGD takes the scale and overflow flag: no host sync
+        scaler.update()
     return loss.detach().float(), (out.detach().argmax(1) != y).sum()
 
 
@@ -380,13 +402,21 @@ class Counters:
         first = (self.bad_at < 0) & ~torch.isfinite(loss)
         self.bad_at.copy_(torch.where(first, iteration, self.bad_at))
 
-    def take_train(self) -> tuple[float, float]:
-        """Training error (%) and mean loss since the last call; resets them."""
+    def read_train(self) -> tuple[float, float]:
+        """Training error (%) and mean loss since the last reset (one host sync)."""
         error = 100.0 * self.errors.item() / max(self.seen, 1)
         loss = self.loss.item() / max(self.seen, 1)
+        return error, loss
+
+    def reset_train(self) -> None:
         self.errors.zero_()
         self.loss.zero_()
         self.seen = 0
+
+    def take_train(self) -> tuple[float, float]:
+        """Training error (%) and mean loss since the last call; resets them."""
+        error, loss = self.read_train()
+        self.reset_train()
         return error, loss
 
     def take_warmup(self) -> float:
@@ -443,6 +473,7 @@ def fit(cfg: DictConfig) -> dict:
         # Accepted: from here on the run writes into its own folder, and only there.
         run_dir.mkdir(parents=True, exist_ok=True)
         with log_to_file(RunDir(run_dir).log_file):
+            log.info("%s", runtime.explain())  # the run's first line: what runs how, and why
             if kept is not None:
                 log.info("restart=true: the previous run is kept in %s", kept)
             log.info("data: %s", data.description)
@@ -491,15 +522,24 @@ class Training:
             log.info("torch.compile: the first step and first evaluation compile (a minute or two)")
         self.data = data = data.to(device)
         self.optimizer = make_optimizer(model, sched, fused=device.type == "cuda")
+        self.scaler = runtime.grad_scaler()
         self.batches = make_batches(data, sched.batch_size, cfg.data.normalize, cfg.seed, runtime)
         self.counters = Counters(device)
+        # The schedule as plain Python values: the loop reads it every step, without OmegaConf
+        # (merged onto the schema, so a config that lost its type still becomes a dataclass).
+        typed = OmegaConf.merge(OmegaConf.structured(ScheduleConfig), sched)
+        self.schedule = cast(ScheduleConfig, OmegaConf.to_object(typed))
         self.iteration, history, self.wall_before, self.eval_pending = 0, [], 0.0, False
         self.warming_up = bool(sched.warmup.enabled)
         self.lr = lr_at(0, sched, self.warming_up)  # the latest step's, reported at evaluations
+        inexact: list[str] = []  # why this run can no longer match an uninterrupted one
         if state is not None:
             model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.batches.load_state_dict(state["batches"])
+            load_optimizer_state(self.optimizer, state["optimizer"])
+            inexact += load_batches_state(self.batches, state["batches"], cfg.seed,
+                                          state["iteration"])  # fmt: skip
+            if self.scaler.is_enabled() and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
             self.counters.load_state_dict(state["counters"])
             set_random_states(state["random"])
             self.iteration, history = state["iteration"], state["metrics"]
@@ -508,16 +548,25 @@ class Training:
             log.info("resuming %s from iteration %d (checkpoint.pt)", run_dir, self.iteration)
         # How each stretch of the run executed: a resumed run may change device, precision or
         # compile; summary.json lists every segment, not only the last.
-        self.segments = [*(state or {}).get("segments", []), {
+        segment = {
             "from_iteration": self.iteration,
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "precision": runtime.precision,
             "channels_last": runtime.channels_last,
-            "compiled": runtime.compile,
+            "compiled": runtime.compile_label,
             "threads": torch.get_num_threads(),
             "torch_version": str(torch.__version__),  # a plain str: checkpoints load weights-only
-        }]  # fmt: skip
+        }
+        previous = (state or {}).get("segments") or []
+        if previous:
+            inexact = changed_settings(previous[-1], segment) + inexact
+            segment["bit_exact_resume"] = not inexact
+            segment["inexact_because"] = inexact
+            if inexact:
+                log.warning("resumed with changes: the result can no longer be bit-identical to "
+                            "an uninterrupted run (%s)", "; ".join(inexact))  # fmt: skip
+        self.segments = [*previous, segment]
         self.label = f"{run_dir.parent.name}/{run_dir.name}"
         log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", self.label,
                  cfg.depth, "residual" if cfg.residual else "plain", count_parameters(model),
@@ -567,6 +616,72 @@ def _train(run: Training, guard: SignalGuard) -> dict:
     return summary
 
 
+def changed_settings(before: dict, now: dict) -> list[str]:
+    """The settings that decide a step's arithmetic and differ between two segments of a run:
+    the kind of device and its model, precision, memory format, compile mode, torch's version,
+    and (on the CPU, where reductions are split among them) the number of threads."""
+    keys = ["device_name", "precision", "channels_last", "compiled", "torch_version"]
+    if now["device"] == "cpu" == before.get("device"):
+        keys.append("threads")
+    changes = [
+        f"{key} {before.get(key)} -> {now[key]}" for key in keys if before.get(key) != now[key]
+    ]
+    kind = str(before.get("device", "")).split(":")[0]
+    if kind != now["device"].split(":")[0]:
+        changes.insert(0, f"device {before.get('device')} -> {now['device']}")
+    return changes
+
+
+# Optimizer options that say how a step is computed on a device, not what it computes: they are
+# taken from the optimizer built for this device, never from a checkpoint written on another.
+DEVICE_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load ``saved`` (an optimizer's state_dict, from any device) into ``optimizer``.
+
+    The learning rate keeps this optimizer's type (a device tensor for fused SGD, else a float)
+    and the device options stay this device's; momentum buffers take the memory layout of their
+    parameters (channels_last or not), which a fused step requires of them.
+    """
+    groups = []
+    for now, old in zip(optimizer.param_groups, saved["param_groups"], strict=True):
+        group = {**old, **{key: now[key] for key in DEVICE_OPTIONS if key in now}}
+        lr = float(old["lr"])
+        group["lr"] = now["lr"].clone().fill_(lr) if torch.is_tensor(now["lr"]) else lr
+        groups.append(group)
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in list(state.items()):
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    state[key] = torch.empty_like(p).copy_(value)  # p's strides (preserve_format)
+
+
+def load_batches_state(batches: TrainBatches, saved: dict, seed: int, iteration: int) -> list[str]:
+    """Load the data order and augmentation state; return why it is not exact, if it is not.
+
+    A random generator's state is device-specific (the CPU's Mersenne Twister is 5056 bytes,
+    CUDA's Philox a seed and an offset): one saved on another kind of device cannot be loaded,
+    so the generator is re-seeded from the run's seed and iteration, and the rest of the epoch's
+    order (the permutation) is kept.
+    """
+    here, state = batches.generator.device.type, batches.generator.get_state()
+    kind = saved.get("generator_device", here)  # older checkpoints do not say: the shape tells
+    if kind == here and saved["generator"].shape == state.shape:
+        batches.load_state_dict(saved)
+        return []
+    kind = saved.get("generator_device", "another device")
+    batches.load_state_dict({**saved, "generator": state})
+    batches.generator.manual_seed((seed * 2**32 + iteration) % 2**63)
+    return [f"the augmentation generator was saved on {kind}: re-seeded"]
+
+
 def _loop(run: Training, guard: SignalGuard) -> int | None:
     """He et al. 2015, sec. 4.2: SGD steps at lr 0.1, divided by 10 at 50% and 75% of the run
     (32k and 48k of 64k iterations; ResNet-110 warms up at 0.01 first); the whole test set
@@ -575,7 +690,7 @@ def _loop(run: Training, guard: SignalGuard) -> int | None:
     Returns None once every iteration ran, or the iteration where the loss stopped being finite.
     Raises StopRequested (SIGTERM/SIGINT) between steps or inside an evaluation.
     """
-    sched, gradients_every = run.cfg.schedule, run.cfg.log_gradients_every
+    sched, gradients_every = run.schedule, run.cfg.log_gradients_every  # plain values, not cfg
     while True:
         if run.eval_pending:  # the end of an evaluation interval, of the run, or a resumed one
             if (diverged_at := _evaluate(run, guard)) is not None:
@@ -586,10 +701,12 @@ def _loop(run: Training, guard: SignalGuard) -> int | None:
             return None
         guard.check()
 
-        run.lr = lr_at(run.iteration, sched, run.warming_up)  # warm-up, then the milestones
-        set_lr(run.optimizer, run.lr)
+        lr = lr_at(run.iteration, sched, run.warming_up)  # warm-up, then the milestones
+        if lr != run.lr or run.iteration == 0:  # a fused SGD's lr lives on the device
+            set_lr(run.optimizer, lr)
+            run.lr = lr
         x, y = run.batches.next()
-        loss, wrong = train_step(run.step_model, run.optimizer, x, y, run.runtime)
+        loss, wrong = train_step(run.step_model, run.optimizer, x, y, run.runtime, run.scaler)
         run.counters.add(run.iteration, loss, wrong, len(y))  # on the device: no host sync
         run.iteration += 1
         run.images += len(y)
@@ -618,7 +735,8 @@ def _evaluate(run: Training, guard: SignalGuard) -> int | None:
             bad_at + 1,
         )
         return bad_at + 1
-    train_error, train_loss = run.counters.take_train()
+    # Read, not reset: a stop inside the test pass checkpoints the interval's counters intact.
+    train_error, train_loss = run.counters.read_train()
     rt, data = run.runtime, run.data
     test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.batches.mean,
                                      run.batches.std, run.cfg.schedule.eval_batch_size, rt.dtype,
@@ -627,6 +745,7 @@ def _evaluate(run: Training, guard: SignalGuard) -> int | None:
              "test_error": test_error, "test_loss": test_loss, "lr": run.lr,
              "images_per_second": run.images / max(run.train_time, 1e-9) if run.images else None,
              "wall_seconds": run.wall()})  # fmt: skip
+    run.counters.reset_train()
     run.eval_pending = False
     return None
 
@@ -658,7 +777,11 @@ def _checkpoint(run: Training, pending: bool) -> None:
                 "eval_pending": pending,
                 "model": run.model.state_dict(),
                 "optimizer": run.optimizer.state_dict(),
-                "batches": run.batches.state_dict(),
+                "scaler": run.scaler.state_dict(),  # {} unless fp16
+                "batches": {
+                    **run.batches.state_dict(),
+                    "generator_device": run.batches.generator.device.type,
+                },
                 "counters": run.counters.state_dict(),
                 "random": random_states(),
                 "metrics": run.tracker.rows,
@@ -720,7 +843,8 @@ def _write_summary(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "channels_last": memory_format == torch.channels_last,
-        "compiled": compile_for(cfg.compile, device, cfg.schedule.iterations),
+        "compiled": bool(segments[-1]["compiled"]),
+        "bit_exact_resume": all(s.get("bit_exact_resume", True) for s in segments),
         "torch_version": torch.__version__,
         "data": data.description,
         "tensorboard_figure6_tags": True,  # the run wrote figure6/<arch>/... itself

@@ -495,3 +495,21 @@ def test_scalar_twins_match_layer_for_layer(depth):
     linears = [m for m in plain.modules() if isinstance(m, nn.Linear)]
     assert len(linears) == depth + 1  # depth hidden layers, then the output
     assert len(plain.norms) == len(residual.norms) == depth
+
+
+def test_response_stds_need_no_float64_on_the_device(monkeypatch):
+    # MPS has no float64: there each batch's sums are float32 and their total float64 on the host.
+    # Simulated on the CPU by naming another device as the host: the same stds, to float32's
+    # precision, as accumulating in float64 throughout.
+    from resexp.analysis import responses
+
+    torch.manual_seed(0)
+    model = build_model(8, True, "A", "basic", 10)
+    x = torch.randn(64, 3, 32, 32)
+    wide = layer_response_stds(model, x, batch_size=16)
+    host = torch.device("cpu", 0)  # not equal to x.device ("cpu"): the MPS branch
+    monkeypatch.setattr(responses, "float64_device", lambda device: host)
+    narrow = layer_response_stds(model, x, batch_size=16)
+    assert [n for n, _ in narrow] == [n for n, _ in wide]
+    for (_, a), (_, b) in zip(narrow, wide, strict=True):
+        assert a == pytest.approx(b, rel=1e-4)

@@ -38,8 +38,8 @@ def test_train_synthetic_smoke_run(tmp_path, residual, arch):
         ("data=folder", "data.root=PATH"),
         ("shortcut=C", "shortcut must be one of A, B"),
         ("channels_last=yes", "channels_last must be auto, true or false"),
-        ("compile=maybe", "compile must be auto, true or false"),
-        ("precision=fp16", "precision must be auto, fp32 or bf16"),
+        ("compile=maybe", "compile must be auto, true, false, default, reduce-overhead"),
+        ("precision=fp8", "precision must be auto, fp32, bf16, fp16"),
     ],
 )
 def test_bad_input_is_a_short_error(tmp_path, override, message):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -73,9 +74,9 @@ def curves(run_dir: Path) -> list[tuple]:
     return [tuple(r[k] for k in keys) for r in rows]
 
 
-def assert_same_run(a: Path, b: Path) -> None:
+def assert_same_run(a: Path, b: Path, iterations: int = 40) -> None:
     sa, sb = final_state(a), final_state(b)
-    assert sa["iteration"] == sb["iteration"] == 40
+    assert sa["iteration"] == sb["iteration"] == iterations
     for key, value in sa["model"].items():
         assert torch.equal(value, sb["model"][key]), key
     assert curves(a) == curves(b)
@@ -253,3 +254,101 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(compose_cfg, monke
 
     monkeypatch.setattr(rundir.torch, "save", real_save)  # space freed: the run resumes
     assert fit(cfg)["status"] == "completed"
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming on another device. Without a GPU here, a checkpoint is made to look as a CUDA run
+# writes it; tests/test_gpu.py resumes real CUDA checkpoints on the CPU and back.
+
+
+def _stop_at(monkeypatch, call: int) -> None:
+    """Make the run stop (as SIGTERM does) when it asks for its ``call``-th batch."""
+    from resexp import train
+    from resexp.train import StopRequested
+
+    original, calls = train.TrainBatches.next, {"n": 0}
+
+    def next_or_stop(self):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise StopRequested("SIGTERM")
+        return original(self)
+
+    monkeypatch.setattr(train.TrainBatches, "next", next_or_stop)
+
+
+def test_a_checkpoint_written_on_cuda_resumes_on_the_cpu_and_says_it_is_not_exact(
+    compose_cfg, monkeypatch
+):
+    from resexp.rundir import RunDir
+    from resexp.train import StopRequested
+    from tests.conftest import TINY
+
+    cfg = compose_cfg(*TINY)
+    _stop_at(monkeypatch, 31)
+    with pytest.raises(StopRequested):
+        fit(cfg)
+    monkeypatch.undo()
+    run = RunDir(Path(cfg.run_dir))
+    state = run.load_checkpoint()
+    # As a bf16 run with fused SGD on the first of two A100s writes it: Philox's 16-byte
+    # generator state, a device tensor for the lr, the fused flag, two CUDA random states.
+    state["batches"].update(generator=torch.zeros(16, dtype=torch.uint8), generator_device="cuda")
+    for group in state["optimizer"]["param_groups"]:
+        group.update(fused=True, lr=torch.tensor(group["lr"]))
+    state["random"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 2
+    state["segments"][-1].update(device="cuda:0", device_name="NVIDIA A100", precision="bfloat16")
+    run.save_checkpoint(state)
+
+    summary = fit(cfg)
+    assert summary["status"] == "completed" and summary["iterations"] == 60
+    resumed = summary["segments"][-1]
+    assert resumed["bit_exact_resume"] is False and summary["bit_exact_resume"] is False
+    assert resumed["inexact_because"][0] == "device cuda:0 -> cpu"
+    assert "the augmentation generator was saved on cuda: re-seeded" in resumed["inexact_because"]
+    log = run.log_file.read_text()
+    assert "the result can no longer be bit-identical to an uninterrupted run" in log
+
+
+def test_a_cpu_checkpoints_generator_state_is_reseeded_on_a_cuda_generator():
+    from types import SimpleNamespace
+
+    from resexp.train import load_batches_state
+
+    loaded, seeded = [], []
+    cuda_generator = SimpleNamespace(
+        device=torch.device("cuda"),
+        get_state=lambda: torch.zeros(16, dtype=torch.uint8),
+        manual_seed=seeded.append,
+    )
+    batches = SimpleNamespace(generator=cuda_generator, load_state_dict=loaded.append)
+    saved = {"generator": torch.Generator().get_state(), "permutation": torch.arange(4)}
+    why = load_batches_state(batches, saved, seed=3, iteration=5)  # an older one: no device
+    assert why == ["the augmentation generator was saved on another device: re-seeded"]
+    assert seeded == [3 * 2**32 + 5] and loaded[0]["generator"].shape == (16,)
+
+
+def test_fp16_resumes_bit_for_bit_with_its_gradient_scaler(compose_cfg, monkeypatch, caplog):
+    from resexp.rundir import RunDir
+    from resexp.train import StopRequested
+    from tests.conftest import TINY
+
+    short = [*TINY, "depth=8", "precision=fp16", "schedule.iterations=20", "schedule.eval_every=10"]
+    caplog.set_level(logging.INFO)  # train.log gets what the root logger passes on
+    reference = compose_cfg(*short, "name=reference")
+    fit(reference)
+    cfg = compose_cfg(*short)
+    _stop_at(monkeypatch, 15)
+    with pytest.raises(StopRequested):
+        fit(cfg)
+    assert RunDir(Path(cfg.run_dir)).load_checkpoint()["scaler"]["scale"] > 0  # fp16: scaled
+    monkeypatch.undo()
+    summary = fit(cfg)
+    assert summary["precision"] == "float16" and summary["bit_exact_resume"] is True
+    assert_same_run(Path(cfg.run_dir), Path(reference.run_dir), iterations=20)
+    first = RunDir(Path(cfg.run_dir)).log_file.read_text().splitlines()[0]
+    expected = (
+        "runtime: cpu (float16, channels_last): precision fp16 (asked for), with a gradient "
+        "scaler; eager (compile=auto: 20 iterations on cpu)"
+    )
+    assert first.endswith(expected)

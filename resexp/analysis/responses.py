@@ -34,6 +34,7 @@ from resexp.analysis.common import (
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
 from resexp.models import ResNet
+from resexp.runtime import float64_device
 
 SOURCE = "He et al. 2015, Fig. 7"
 
@@ -60,17 +61,19 @@ def layer_response_stds(model: ResNet, x: Tensor, batch_size: int) -> list[tuple
     """The std of each 3x3 layer's response over all of ``x`` (N, 3, 32, 32), in eval mode.
 
     Sums and sums of squares are accumulated in float64, so the result does not depend on the
-    batch size.
+    batch size; on MPS, which has no float64, each batch's sums are float32 and their total is
+    kept in float64 on the host.
     """
     layers = response_modules(model)
-    sums = torch.zeros(len(layers), 3, dtype=torch.float64, device=x.device)  # n, sum, sum sq
+    wide = float64_device(x.device)
+    sums = torch.zeros(len(layers), 3, dtype=torch.float64, device=wide)  # n, sum, sum sq
 
     def hook(i: int):
         def record(_m: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> None:
-            v = out.detach().double()
+            v = out.detach().double() if wide == x.device else out.detach().float()
             sums[i, 0] += v.numel()
-            sums[i, 1] += v.sum()
-            sums[i, 2] += (v * v).sum()
+            sums[i, 1] += v.sum().to(wide)
+            sums[i, 2] += (v * v).sum().to(wide)
 
         return record
 

@@ -114,7 +114,8 @@ def autocorrelation(g: Tensor, max_lag: int | None = None) -> Tensor:
     The biased estimator (as ``numpy.correlate(g, g, "full")`` on the centred sequence, divided by
     its lag-0 value): r(0) = 1, |r(k)| <= 1. NaN for a constant sequence.
     """
-    g = g.double() - g.double().mean()
+    g = g.detach().cpu().double()  # on the host: MPS has no float64
+    g = g - g.mean()
     n = len(g)
     max_lag = n - 1 if max_lag is None else min(max_lag, n - 1)
     var = (g * g).sum()

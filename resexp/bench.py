@@ -30,7 +30,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -73,16 +72,6 @@ def _model(cfg: Any, data: ImageData) -> torch.nn.Module:
     torch.manual_seed(0)
     return build_model(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, len(data.classes),
                        family=cfg.family, stem=cfg.stem)  # fmt: skip
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _load_average() -> list[float] | None:
@@ -433,8 +422,8 @@ def _measure(
             "torch": torch.__version__,
             "python": platform.python_version(),
             "device": str(dev),
-            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_model(),
-            "cpu_model": _cpu_model(),
+            "device_name": runtime_module.device_name(dev),
+            "cpu_model": runtime_module.device_name(torch.device("cpu")),
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "load_average_before": load_before,

@@ -13,8 +13,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import platform
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -170,6 +172,18 @@ def float64_device(device: torch.device) -> torch.device:
     """Where float64 sums for ``device`` can live: the device itself, except MPS, which has no
     float64 (PyTorch MPS backend docs: "float64 is not supported"); there, the host."""
     return torch.device("cpu") if device.type == "mps" else device
+
+
+def device_name(device: torch.device) -> str:
+    """The device's model, for summaries and benchmarks: the GPU's name, or the CPU's (speed
+    figures mean little without it)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():  # Linux
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -33,7 +33,7 @@ from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, lo
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
 from resexp.rundir import RunDir
-from resexp.runtime import Runtime, resolve
+from resexp.runtime import Runtime, device_name, resolve
 from resexp.tracking import Progress, Tracker, log_gradient_stats
 
 log = logging.getLogger(__name__)
@@ -551,7 +551,7 @@ class Training:
         segment = {
             "from_iteration": self.iteration,
             "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "device_name": device_name(device),
             "precision": runtime.precision,
             "channels_last": runtime.channels_last,
             "compiled": runtime.compile_label,
@@ -624,7 +624,11 @@ def changed_settings(before: dict, now: dict) -> list[str]:
     if now["device"] == "cpu" == before.get("device"):
         keys.append("threads")
     changes = [
-        f"{key} {before.get(key)} -> {now[key]}" for key in keys if before.get(key) != now[key]
+        f"{key} {before.get(key)} -> {now[key]}"
+        for key in keys
+        if before.get(key) != now[key]
+        # older runs did not record a CPU's model: None there means unknown, not another CPU
+        and not (key == "device_name" and before.get(key) is None and now["device"] == "cpu")
     ]
     kind = str(before.get("device", "")).split(":")[0]
     if kind != now["device"].split(":")[0]:
@@ -840,7 +844,7 @@ def _write_summary(
         "wall_seconds": wall,
         "images_per_second": float(np.median(speeds)) if speeds else None,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "device_name": device_name(device),
         "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
         "channels_last": memory_format == torch.channels_last,
         "compiled": bool(segments[-1]["compiled"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -526,6 +527,23 @@ def test_one_seed_says_untested_and_a_failed_seed_leaves_a_finding_not_tested(tm
     assert "plain-56: 1 of 2 seeds completed (1 failed)" in degradation.detail
     assert result.verdict.degradation is None
     assert result.verdict.headline.startswith("Not enough completed runs")
+
+
+def test_the_headline_counts_the_checks_that_one_seed_leaves_untested(tmp_path):
+    study = tmp_path / "mixed"  # three seeds at 20 and 56 layers, one at 32
+    for seed in (0, 1, 2):
+        make_run(study, "plain", 20, seed, 2.0 + seed / 10, 9.8)
+        make_run(study, "plain", 56, seed, 4.1 + seed / 10, 13.0 + seed / 10)
+        make_run(study, "resnet", 20, seed, 1.5 + seed / 10, 8.7 + seed / 10)
+        make_run(study, "resnet", 56, seed, 0.4 + seed / 10, 7.0 + seed / 10)
+    make_run(study, "plain", 32, 0, 3.0, 11.0)
+    make_run(study, "resnet", 32, 0, 1.0, 8.0)
+    result = compare(study, tensorboard=False)
+    assert "untested" in check(result, "twin-resnet-32").noise
+    assert "untested" not in check(result, "twin-resnet-56").noise
+    headline = result.verdict.headline
+    assert re.search(r"\(1 of \d+ checks have one seed a side: untested\)$", headline), headline
+    assert "not tested against seed noise" not in headline
 
 
 def test_a_missing_twin_is_not_tested_and_blocks_the_verdict(tmp_path):

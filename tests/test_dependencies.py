@@ -19,7 +19,7 @@ from tests.conftest import REPO
 TORCH_APIS = [
     ("torch.serialization.safe_globals", "resexp/evaluate.py", "safe_globals(", "2.5"),
     ("torch.optim.SGD", "resexp/train.py", "fused=fused", "2.3"),  # with a tensor lr, on CUDA
-    ("torch.compile", "resexp/bench.py", "max-autotune-no-cudagraphs", "2.1"),
+    ("torch.compile", "resexp/runtime.py", "max-autotune-no-cudagraphs", "2.1"),
     ("torch.func.functional_call", "resexp/models.py", "functional_call(", "2.0"),
 ]
 # torch.compile on newer Pythons needs newer torch: the floor pyproject.toml sets there.

@@ -147,6 +147,7 @@ def test_fit_writes_a_complete_run_and_learns(compose_cfg):
         "wall_seconds",
         "images_per_second",
         "device",
+        "device_name",  # the CPU's model on a CPU: a speed figure names its machine
         "torch_version",
     ):
         assert summary[key] is not None, key

@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from rich.table import Table
     from torchvision.transforms import Compose
 
-# The values of ``compile`` the older ``--compile`` option took: auto, none or a torch.compile mode.
-COMPILE_MODES = ("auto", "none", *runtime_module.COMPILE_MODES)
 SYNTHETIC_TRAIN_IMAGES = 10_000  # enough for many distinct batches; generated in about a second
 EVAL_IMAGES = 2000  # the test images the evaluation is timed on
 BASELINE_MAX_WORKERS = 4  # akamaster/pytorch_resnet_cifar10's --workers default

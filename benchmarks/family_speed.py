@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from resexp.models import build_model, count_parameters, macs_per_image
+from resexp.runtime import device_name
 
 TORCHVISION = {"family": "imagenet", "stem": "imagenet", "shortcut": "B"}  # torchvision's nets
 
@@ -38,13 +38,6 @@ NETWORKS = [
     ("resnet50 (224x224)", {"depth": 50, **TORCHVISION}, 224, 8, 1000),
     ("resnet152 (224x224)", {"depth": 152, **TORCHVISION}, 224, 8, 1000),
 ]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def images_per_second(
@@ -96,7 +89,7 @@ def main() -> None:
         )
         print(f"{label:24s} batch {batch:4d}  {rate:8.1f} images/s  ({steps} steps)", flush=True)
     result = {
-        "cpu": cpu_model(),
+        "cpu": device_name(torch.device("cpu")),
         "threads": args.threads,
         "torch": torch.__version__,
         "precision": "fp32",

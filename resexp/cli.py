@@ -4,13 +4,13 @@
     resexp train -m depth=20,56 residual=true,false   Hydra's multirun
     resexp train --cfg job                       print the composed config
 
-``train`` forwards its arguments to a Hydra application whose configs ship inside the package
-(``pkg://resexp.configs``). Before Hydra creates any directory, the config is composed and
-checked (``check_config``), so a typo, a wrong type or a bad depth ends with a short message and
-exit status 2; Hydra then composes it again for its own run (its logging, -m, --cfg). Every other
-command takes the same overrides through ``check_config`` and runs on the config it checked:
-sweep, evaluate, data prepare, bench (``config.BenchConfig``: train's schema and a ``bench``
-node) and analyze (train's device, threads, progress and data keys beside its own options).
+The configs ship inside the package (``pkg://resexp.configs``). Every command composes its
+overrides once, with Hydra's compose API, checks the result (``check_config``: a typo, a wrong
+type or a bad depth ends with a short message and exit status 2, before anything is written)
+and runs on the config it checked: train, sweep, evaluate, data prepare, bench
+(``config.BenchConfig``: train's schema and a ``bench`` node) and analyze (train's device,
+threads, progress and data keys beside its own options). ``train`` with one of Hydra's own flags
+(-m, --cfg, --info, ...) and ``sweep`` hand the command line to a Hydra application instead.
 """
 
 from __future__ import annotations
@@ -106,10 +106,24 @@ def compose(
         )
 
 
-def check_config(overrides: list[str], schema: type[Config] = Config) -> Any:
+def check_config(
+    overrides: list[str], schema: type[Config] = Config, configure_logging: bool = False
+) -> Any:
     """Compose and validate; raise ResexpError with a short message on any bad input; return
-    the composed config (composed once: every command runs on what was checked)."""
-    return check(_checked(lambda: compose(overrides, schema=schema), schema))
+    the composed config (composed once: every command runs on what was checked).
+
+    ``configure_logging``: set up logging as the composed ``hydra.job_logging`` and
+    ``hydra.verbose`` say, as a Hydra application would (``resexp train``).
+    """
+    from hydra.core.utils import configure_log
+    from omegaconf import open_dict
+
+    cfg = _checked(lambda: compose(overrides, return_hydra_config=True, schema=schema), schema)
+    if configure_logging:
+        configure_log(cfg.hydra.job_logging, cfg.hydra.verbose)
+    with open_dict(cfg):
+        del cfg["hydra"]  # Hydra's own settings are not the experiment's
+    return check(cfg)
 
 
 def check(cfg: Any) -> Any:
@@ -208,7 +222,8 @@ def _hydra_message(e: Exception, schema: type[Config] = Config) -> str:
 
 
 def run_hydra(task, args: list[str]) -> None:
-    """Run ``task(cfg)`` as a Hydra app with command-line ``args`` (overrides, -m, --cfg ...)."""
+    """Run ``task(cfg)`` as a Hydra app with command-line ``args`` (-m, --cfg, ... and the
+    overrides): Hydra composes the config itself."""
     import hydra
 
     config_module.register()
@@ -294,11 +309,15 @@ def train(
         os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         overrides, has_flags = _split_flags(args)
-        if not has_flags:  # plain run: check everything before Hydra creates the run directory
-            check_run(check_config(overrides))
+        if not has_flags:  # one run: composed and checked once, before anything is written
+            cfg = check_config(overrides, configure_logging=True)
+            check_run(cfg)
     except ResexpError as e:
         _fail(e, verbose)
-    run_hydra(train_task, args)
+    if has_flags:  # Hydra's multirun, --cfg job, --info ...: Hydra's own application
+        run_hydra(train_task, args)
+    else:
+        train_task(cfg)
 
 
 @data_app.command("prepare", context_settings=EXTRA_ARGS)

@@ -128,3 +128,26 @@ def test_hydras_own_flags_are_read_by_hydras_parser():
     )
     assert _split_flags(["--cfg", "job", "depth=8", "--resolve"]) == (["depth=8"], True)
     assert _split_flags(["--info", "config"]) == ([], True)
+
+
+def test_train_composes_once_and_trains_on_the_config_it_checked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import resexp.train
+    from resexp import cli
+
+    composed, trained = [], []
+
+    def counting_compose(*args, **kwargs):
+        composed.append(cli_compose(*args, **kwargs))
+        return composed[-1]
+
+    cli_compose = cli.compose
+    monkeypatch.setattr(cli, "compose", counting_compose)
+    monkeypatch.setattr(resexp.train, "fit", lambda cfg: trained.append(cfg) or {"status": "x"})
+    result = CliRunner().invoke(
+        cli.app, ["train", "data=synthetic", f"output_root={tmp_path}", "device=cpu", "depth=8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(composed) == 1 and len(trained) == 1 and trained[0] is composed[0]
+    assert trained[0].depth == 8 and "hydra" not in trained[0]

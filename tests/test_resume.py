@@ -91,13 +91,30 @@ def reference(tmp_path_factory) -> Path:
     return cwd / "outputs" / "default" / "resnet-8" / "seed0"
 
 
+def wait_for_evaluation(run_dir: Path, iteration: int, proc: subprocess.Popen) -> None:
+    """Until metrics.jsonl holds the test error at ``iteration`` (its checkpoint may not be
+    written yet)."""
+    metrics, deadline = run_dir / "metrics.jsonl", time.time() + 120
+    while True:
+        lines = metrics.read_text().split("\n")[:-1] if metrics.exists() else []  # whole lines
+        if any(r["iteration"] == iteration and "test_error" in r for r in map(json.loads, lines)):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, f"no evaluation at iteration {iteration}"
+        time.sleep(0.005)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.7])
-def test_kill_9_and_resume_ends_bit_for_bit_like_an_uninterrupted_run(tmp_path, reference, delay):
+@pytest.mark.parametrize("killed_after", ["the first checkpoint", "the second evaluation"])
+def test_kill_9_and_resume_ends_bit_for_bit_like_an_uninterrupted_run(
+    tmp_path, reference, killed_after
+):
     run_dir = tmp_path / "outputs" / "default" / "resnet-8" / "seed0"
     proc = start(SMALL, tmp_path)
-    wait_for(run_dir / "checkpoint.pt", proc)
-    time.sleep(delay)
+    if killed_after == "the first checkpoint":
+        wait_for(run_dir / "checkpoint.pt", proc)
+    else:  # with metrics of more than one evaluation, maybe before its checkpoint
+        wait_for_evaluation(run_dir, 20, proc)
     proc.kill()  # SIGKILL: no handler runs, the process just ends
     proc.wait()
     done = final_state(run_dir)["iteration"]

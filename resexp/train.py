@@ -607,10 +607,7 @@ def _train(run: Training, guard: SignalGuard) -> dict:
         ended = status != "completed" or run.iteration >= run.cfg.schedule.iterations
         run.tracker.close(status if ended else None)  # not ended: a crash
         if ended:
-            rt = run.runtime
-            _write_summary(run.cfg, run.run_dir, run.model, run.data, rt.device, rt.dtype,
-                           rt.memory_format, run.tracker.rows, status, diverged_at, run.wall(),
-                           run.iteration, run.segments)  # fmt: skip
+            _write_summary(run, status, diverged_at)
     summary = RunDir(run.run_dir).read_summary()
     assert summary is not None  # written above: the run ended without an exception
     return summary
@@ -803,21 +800,10 @@ def _checkpoint(run: Training, pending: bool) -> None:
         ) from None
 
 
-def _write_summary(
-    cfg: DictConfig,
-    run_dir: Path,
-    model: torch.nn.Module,
-    data: ImageData,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    memory_format: torch.memory_format,
-    rows: list[dict],
-    status: str,
-    diverged_at: int | None,
-    wall: float,
-    iteration: int,
-    segments: list[dict],
-) -> None:
+def _write_summary(run: Training, status: str, diverged_at: int | None) -> None:
+    """summary.json: the run's final numbers and how it ran (every segment), logged in one line."""
+    cfg, run_dir, rows, rt = run.cfg, run.run_dir, run.tracker.rows, run.runtime
+    wall, iteration = run.wall(), run.iteration
     evaluations = [r for r in rows if "test_error" in r]
     last = evaluations[-1] if evaluations else {}
     speeds = [r["images_per_second"] for r in rows if r.get("images_per_second")]
@@ -829,7 +815,7 @@ def _write_summary(
         "shortcut": cfg.shortcut,
         "block": cfg.block,
         "seed": cfg.seed,
-        "params": count_parameters(model),
+        "params": count_parameters(run.model),
         "iterations": iteration,
         "planned_iterations": cfg.schedule.iterations,
         "batch_size": cfg.schedule.batch_size,
@@ -843,17 +829,17 @@ def _write_summary(
         "diverged_at_iteration": diverged_at,
         "wall_seconds": wall,
         "images_per_second": float(np.median(speeds)) if speeds else None,
-        "device": str(device),
-        "device_name": device_name(device),
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "channels_last": memory_format == torch.channels_last,
-        "compiled": bool(segments[-1]["compiled"]),
-        "bit_exact_resume": all(s.get("bit_exact_resume", True) for s in segments),
+        "device": str(rt.device),
+        "device_name": device_name(rt.device),
+        "precision": str(rt.dtype).replace("torch.", "") if rt.dtype else "fp32",
+        "channels_last": rt.memory_format == torch.channels_last,
+        "compiled": bool(run.segments[-1]["compiled"]),
+        "bit_exact_resume": all(s.get("bit_exact_resume", True) for s in run.segments),
         "torch_version": torch.__version__,
-        "data": data.description,
+        "data": run.data.description,
         "tensorboard_figure6_tags": True,  # the run wrote figure6/<arch>/... itself
-        "data_identity": data.identity,
-        "segments": segments,
+        "data_identity": run.data.identity,
+        "segments": run.segments,
     }
     RunDir(run_dir).write_summary(summary)
     label = f"{run_dir.parent.name}/{run_dir.name}"

@@ -230,8 +230,8 @@ def run_dirs(study: Path) -> list[RunDir]:
     arch and seed. Hidden folders and analysis outputs are not runs."""
     if not study.is_dir():
         return []
-    runs = [p for p in study.glob("*/seed*") if p.is_dir() and SEED_FOLDER.fullmatch(p.name)]
-    found = [RunDir(p) for p in runs if not p.parent.name.startswith((".", "analysis"))]
+    seeds = [p for p in study.glob("*/seed*") if p.is_dir() and SEED_FOLDER.fullmatch(p.name)]
+    found = [RunDir(p) for p in seeds if not p.parent.name.startswith((".", "analysis"))]
     return sorted(found, key=lambda r: (r.path.parent.name, int(r.path.name[4:])))
 
 

@@ -85,16 +85,14 @@ class RunDir:
     # ------------------------------------------------------------------------------------------
     # What the folder holds
 
-    def has_checkpoint(self) -> bool:
-        return self.checkpoint_file.is_file() or self.previous_checkpoint_file.is_file()
-
     def has_curves(self) -> bool:
         """Anything compare can draw: metrics or a summary."""
         return self.metrics_file.is_file() or self.summary_file.is_file()
 
     def is_trained(self) -> bool:
         """A config and a checkpoint: a network the analyses and evaluate can rebuild."""
-        return self.config_file.is_file() and self.has_checkpoint()
+        checkpoints = (self.checkpoint_file, self.previous_checkpoint_file)
+        return self.config_file.is_file() and any(p.is_file() for p in checkpoints)
 
     # ------------------------------------------------------------------------------------------
     # config.yaml, summary.json, metrics.jsonl
@@ -122,7 +120,10 @@ class RunDir:
 
     def read_summary(self) -> dict | None:
         """summary.json, or None while there is none (still training, killed) or it is torn."""
-        summary = read_json(self.summary_file)
+        try:
+            summary = json.loads(self.summary_file.read_text())
+        except (OSError, ValueError):
+            return None
         return summary if isinstance(summary, dict) else None
 
     def write_summary(self, summary: dict) -> None:
@@ -224,21 +225,13 @@ def _short(e: BaseException) -> str:
 # Finding runs
 
 
-def is_run_folder(path: Path) -> bool:
-    """``seed<k>`` (not a ``seed<k>.old-<time>`` kept by restart=true)."""
-    return SEED_FOLDER.fullmatch(path.name) is not None
-
-
 def run_dirs(study: Path) -> list[RunDir]:
     """Every run folder of a study (``<arch>/seed<k>/``), whatever it holds yet, sorted by
     arch and seed. Hidden folders and analysis outputs are not runs."""
     if not study.is_dir():
         return []
-    found = [
-        RunDir(p)
-        for p in study.glob("*/seed*")
-        if p.is_dir() and is_run_folder(p) and not p.parent.name.startswith((".", "analysis"))
-    ]
+    seeds = [p for p in study.glob("*/seed*") if p.is_dir() and SEED_FOLDER.fullmatch(p.name)]
+    found = [RunDir(p) for p in seeds if not p.parent.name.startswith((".", "analysis"))]
     return sorted(found, key=lambda r: (r.path.parent.name, int(r.path.name[4:])))
 
 
@@ -275,14 +268,6 @@ def _umask() -> int:
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"))
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None if it is missing or unreadable."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -193,11 +193,6 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def cuda_capability(device: torch.device) -> tuple[int, int]:
-    """The CUDA device's compute capability (major, minor), e.g. (8, 0) for an A100."""
-    return torch.cuda.get_device_capability(device)
-
-
 def choose_precision(option: str, device: torch.device) -> tuple[torch.dtype | None, str]:
     """The autocast dtype (None: plain fp32) and, in words, why.
 
@@ -216,17 +211,15 @@ def choose_precision(option: str, device: torch.device) -> tuple[torch.dtype | N
         return None, "precision fp32 (asked for)"
     if device.type == "mps" and not torch.amp.is_autocast_available("mps"):
         return None, f"precision={option} falls back to fp32: no autocast on MPS in this torch"
-    if option in ("bf16", "fp16"):
-        dtype = torch.bfloat16 if option == "bf16" else torch.float16
-        why = f"precision {option} (asked for)"
-        if option == "fp16":
-            why += ", with a gradient scaler"
-        slow_bf16 = option == "bf16" and device.type == "cuda"
-        if slow_bf16 and cuda_capability(device) < BF16_MIN_CAPABILITY:
+    if option == "fp16":
+        return torch.float16, "precision fp16 (asked for), with a gradient scaler"
+    if option == "bf16":
+        why = "precision bf16 (asked for)"
+        if device.type == "cuda" and torch.cuda.get_device_capability(device) < BF16_MIN_CAPABILITY:
             why += f"; compute capability {_cc(device)} has no bf16 tensor cores: slow"
-        return dtype, why
+        return torch.bfloat16, why
     if device.type == "cuda":
-        cc = cuda_capability(device)
+        cc = torch.cuda.get_device_capability(device)
         if cc >= BF16_MIN_CAPABILITY:
             return torch.bfloat16, f"precision bf16 (auto: compute capability {_cc(device)} >= 8.0)"
         if cc >= FP16_MIN_CAPABILITY:
@@ -246,7 +239,8 @@ def choose_precision(option: str, device: torch.device) -> tuple[torch.dtype | N
 
 
 def _cc(device: torch.device) -> str:
-    return ".".join(map(str, cuda_capability(device)))
+    """The compute capability in NVIDIA's words: 8.0 for an A100."""
+    return ".".join(map(str, torch.cuda.get_device_capability(device)))
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -297,7 +291,7 @@ def compile_unavailable(device: torch.device) -> str | None:
     if device.type == "cuda":
         if importlib.util.find_spec("triton") is None:
             return "Triton is not installed"
-        if cuda_capability(device) < TRITON_MIN_CAPABILITY:
+        if torch.cuda.get_device_capability(device) < TRITON_MIN_CAPABILITY:
             return f"Triton needs compute capability 7.0, this GPU has {_cc(device)}"
     return None
 

@@ -41,7 +41,6 @@ class Tracker:
     ):
         from torch.utils.tensorboard import SummaryWriter
 
-        self.run_dir = run_dir
         self.metrics_path = RunDir(run_dir).metrics_file
         self.rows: list[dict] = list(history or [])
         # Rewrite the file from the checkpoint's own history: rows logged after the checkpoint
@@ -55,12 +54,14 @@ class Tracker:
         # by `resexp sweep` at its start, and by `resexp compare`) charts plain against
         # residual by these tags, live.
         self.arch = run_dir.parent.name
-        self.hparams = hparams
-        if hparams and not self.rows:  # a fresh run: a session in TensorBoard's HParams tab
+        self._hparams_end: Any = None  # the HParams session's end, which ``close`` writes
+        if hparams:
             from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-            _, start, _ = hparams_summaries(hparams, {"error/test": None, "error/train": None})
-            file_writer(self.writer).add_summary(start)
+            metrics = {"error/test": None, "error/train": None}
+            _, start, self._hparams_end = hparams_summaries(hparams, metrics)
+            if not self.rows:  # a fresh run: a session in TensorBoard's HParams tab
+                file_writer(self.writer).add_summary(start)
 
     def log_row(self, row: dict) -> None:
         """Record one row: iteration, training error (%) and loss, lr, and at evaluations the
@@ -78,22 +79,19 @@ class Tracker:
             ("lr", "lr"),
             ("images_per_second", "speed/images_per_second"),
         ):
-            if row.get(key) is not None and math.isfinite(row[key]):
-                self.writer.add_scalar(tag, row[key], step)
-        for kind in ("train", "test"):
-            value = row.get(f"{kind}_error")
-            if value is not None and math.isfinite(value):
-                self.writer.add_scalar(f"figure6/{self.arch}/error_{kind}", value, step)
+            value = row.get(key)
+            if value is None or not math.isfinite(value):
+                continue
+            self.writer.add_scalar(tag, value, step)
+            if tag.startswith("error/"):  # figure6/<arch>/error_train, .../error_test
+                self.writer.add_scalar(f"figure6/{self.arch}/{tag.replace('/', '_')}", value, step)
         self.writer.flush()
 
     def close(self, status: str | None = None) -> None:
         """Flush and close; with ``status`` (completed, diverged, ...), end the HParams session
         (still running for an interrupted run)."""
-        if self.hparams and status in ("completed", "diverged", "failed"):
-            from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-            _, _, end = hparams_summaries(self.hparams, {"error/test": None})
-            file_writer(self.writer).add_summary(session_end(end, status))
+        if self._hparams_end is not None and status in ("completed", "diverged", "failed"):
+            file_writer(self.writer).add_summary(session_end(self._hparams_end, status))
         self.writer.close()
 
 
@@ -165,22 +163,15 @@ class Progress:
         self.done, self._next_line = start, 0.0
         self._bar = None
         if mode == "bar":
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-            from rich.progress import Progress as RichProgress
+            from rich import progress as rich
 
-            self._bar = RichProgress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
+            self._bar = rich.Progress(
+                rich.TextColumn("{task.description}"),
+                rich.BarColumn(),
+                rich.MofNCompleteColumn(),
+                rich.TimeElapsedColumn(),
+                rich.TimeRemainingColumn(),
+                rich.TextColumn("{task.fields[status]}"),
                 transient=False,
             )
             self._task = self._bar.add_task(label, total=total, completed=start, status="")

@@ -146,17 +146,15 @@ def context_lines(cmp: Comparison) -> list[str]:
     )
     if data:
         lines.append("Data: " + "; ".join(data) + ".")
-    caveat = data_caveat(cmp.runs)
-    if caveat:
+    if caveat := data_caveat(cmp.runs):
         lines.append(caveat)
-    if data:
-        if any("validation split" in d for d in data):
-            lines.append(
-                "Test error here is on images held out of the training set (validation split); "
-                "the references are on the 10k test set."
-            )
-        if any("subsets" in d for d in data):
-            lines.append("Subsets of the data: not comparable with the references.")
+    if any("validation split" in d for d in data):
+        lines.append(
+            "Test error here is on images held out of the training set (validation split); "
+            "the references are on the 10k test set."
+        )
+    if any("subsets" in d for d in data):
+        lines.append("Subsets of the data: not comparable with the references.")
     return lines
 
 
@@ -234,8 +232,7 @@ def report_lines(cmp: Comparison) -> list[str]:
         for c in cmp.verdict.checks
     ]
     lines += ["", cmp.verdict.headline]
-    problems = problem_lines(cmp)
-    if problems:
+    if problems := problem_lines(cmp):
         lines += ["", "missing or unfinished:", *(f"  {p}" for p in problems)]
     lines += ["", *context_lines(cmp), "", "wrote: " + ", ".join(str(p) for p in cmp.paths)]
     return lines
@@ -254,13 +251,11 @@ def print_report(cmp: Comparison, console: Console | None = None) -> None:
     if sources:
         text = "; ".join(f"{source} ({', '.join(labels)})" for source, labels in sources.items())
         console.print(f"References: {text}. Details in results.md.", highlight=False)
-        caveat = data_caveat(cmp.runs)
-        if caveat:
+        if caveat := data_caveat(cmp.runs):
             console.print(f"[yellow]Caveat:[/] {caveat}", highlight=False)
     console.print(verdict_table(cmp.verdict))
     console.print(f"[bold]{cmp.verdict.headline}[/]")
-    problems = problem_lines(cmp)
-    if problems:
+    if problems := problem_lines(cmp):
         console.print("Missing or unfinished:")
         for line in problems:
             console.print(f"  {line}", highlight=False)

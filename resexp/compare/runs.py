@@ -101,18 +101,15 @@ def find_study(root: Path = Path("outputs")) -> Path:
             f"{root} does not exist: train some runs first (`resexp sweep` runs the whole "
             "study), or name the study folder to compare."
         )
-    latest: tuple[float, Path] | None = None
-    for study in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        times = [_mtime(run) for run in _with_curves(study)]
-        if times and (latest is None or max(times) > latest[0]):
-            latest = (max(times), study)
-    if latest is None:
+    studies = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+    changed = {study: max(map(_mtime, runs)) for study in studies if (runs := _with_curves(study))}
+    if not changed:
         raise ResexpError(
             f"no study under {root}: expected runs at {root}/<study>/<arch>-<depth>/seed<k>/ "
             "with a metrics.jsonl. Train some first (`resexp sweep` runs the whole study), or "
             "name the study folder to compare."
         )
-    return latest[1]
+    return max(changed, key=changed.__getitem__)  # of equal times, the first in ``studies``
 
 
 def _with_curves(study: Path) -> list[RunDir]:

@@ -39,13 +39,11 @@ def tensorboard_layout(networks: list[Planned]) -> dict:
         names = "|".join(re.escape(a).replace("\\-", "-") for a in archs)  # keep plain-56 readable
         return [rf"^figure6/({names})/error_(train|test)$"]
 
-    plain = [arch for arch, _, is_residual in networks if not is_residual]
-    residual = [arch for arch, _, is_residual in networks if is_residual]
     panels = {}
-    if plain:
-        panels["plain nets: training and test error %"] = ["Multiline", tags(plain)]
-    if residual:
-        panels["residual nets: training and test error %"] = ["Multiline", tags(residual)]
+    for residual, kind in ((False, "plain"), (True, "residual")):
+        archs = [arch for arch, _, is_residual in networks if is_residual == residual]
+        if archs:
+            panels[f"{kind} nets: training and test error %"] = ["Multiline", tags(archs)]
     by_depth = {
         f"{d} layers: plain vs residual, error %": [
             "Multiline",

@@ -217,9 +217,7 @@ def _incomplete(net: Network) -> str | None:
 
 
 def _direction(a: list[float], b: list[float], lower: bool) -> Status:
-    """PASS if mean(a) is below (``lower``) or above mean(b) as expected and the difference is
-    significant or untestable (one seed); FAIL if significantly (or untestably) the other way;
-    ``within noise`` otherwise."""
+    """``_compare``'s answer for one metric, from the means of ``a`` and ``b``."""
     diff = statistics.fmean(a) - statistics.fmean(b)
     p = welch_p(a, b)
     if p is not None and p >= SIGNIFICANCE:

@@ -1,9 +1,9 @@
 """Image data sets as uint8 tensors, and their augmentation and batching on the device.
 
 Sources: CIFAR-10 and CIFAR-100 in torchvision's python format (downloaded when absent), an
-image-folder tree
-``ROOT/{train,test}/<class>/*.png|jpg`` or a tar archive of one, and generated images with a
-learnable class structure for smoke runs. Decoded images are cached as one ``torch.save`` file.
+image-folder tree ``ROOT/{train,test}/<class>/*.png|jpg`` or a tar archive of one, and generated
+images with a learnable class structure for smoke runs. Decoded images are cached as one
+``torch.save`` file.
 
 Preprocessing and augmentation follow He et al. 2015, "Deep Residual Learning for Image
 Recognition", sec. 4.2: the per-pixel mean of the training images is subtracted; a training image
@@ -38,6 +38,7 @@ from filelock import FileLock, Timeout
 from torch import Tensor
 
 from resexp.errors import DataError
+from resexp.rundir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -278,8 +279,7 @@ def _folder(cfg: Any) -> dict[str, Any]:
                 f"{root} is a file but not a tar archive ({', '.join(ARCHIVE_SUFFIXES)}); set "
                 "data.root to an image-folder tree or an archive of one"
             )
-        stat = root.stat()
-        key = _digest(str(root), stat.st_size, stat.st_mtime_ns)
+        key = _digest(str(root), *_size_mtime(root))
 
         def build() -> dict[str, Any]:
             tree = _find_tree(_unpack(root, cache_dir / "unpacked", key))
@@ -583,16 +583,7 @@ def _check_sets(sets: Any) -> None:
 def _write_cache(path: Path, sets: dict[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder, synced, then renamed over ``path``."""
     start = time.perf_counter()
-    tmp = path.with_name(path.name + ".partial")  # ours alone while we hold the lock
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(sets, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(sets, f), binary=True)
     size_mb = path.stat().st_size / 1e6
     log.info(
         "cached decoded images in %s (%.0f MB, %.1f s)", path, size_mb, time.perf_counter() - start

@@ -525,20 +525,6 @@ def check_architecture(
 ) -> None:
     """Refuse an invalid architecture before anything is built or written: one ValueError that
     lists every problem, each with the valid choices. The config's keys, one argument each."""
-    problems = _architecture_problems(depth, residual, shortcut, block, family, stem, num_classes)
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _architecture_problems(
-    depth: object,
-    residual: object,
-    shortcut: object,
-    block: object,
-    family: object,
-    stem: object,
-    num_classes: object,
-) -> list[str]:
     problems = []
     if not isinstance(residual, bool):
         problems.append(f"residual must be True or False, got {residual!r}")
@@ -577,7 +563,8 @@ def _architecture_problems(
             )
     else:
         problems.append(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    return problems
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 # -------------------------------------------------------------------------------------------------

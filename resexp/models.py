@@ -375,7 +375,7 @@ class PreActBlock(_Block):
         return out
 
 
-class HighwayBlock(_Block):
+class HighwayBlock(BasicBlock):
     """A BasicBlock whose shortcut is gated: y = relu(T * F(x) + (1 - T) * shortcut(x)).
 
     Srivastava et al. 2015, eq. 3, with T = sigmoid(gate(x)) from a 1x1 conv (with bias) at the
@@ -395,10 +395,6 @@ class HighwayBlock(_Block):
         if not residual:
             raise ValueError("a highway block always has its (gated) shortcut: use residual=True")
         super().__init__(in_planes, planes, stride, residual, shortcut)
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
         self.gate = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
         assert self.gate.bias is not None  # bias=True
         nn.init.constant_(self.gate.bias, gate_bias)

@@ -672,8 +672,7 @@ class CifarResNet(_ResNet):
             assert isinstance(first, PreActBottleneck)
             first.bn1 = None
         # Pre-activation blocks end on an addition, so the net needs one more BN-ReLU before
-        # pooling; the stem's BN-ReLU is their "first activation right after conv1 and before
-        # splitting into two paths" (He et al. 2016, appendix).
+        # pooling (He et al. 2016, appendix).
         self.final_bn = nn.BatchNorm2d(out_planes) if block_type in PREACT_BLOCKS else None
         self.fc = nn.Linear(out_planes, num_classes)
 

@@ -390,14 +390,13 @@ class HighwayBlock(BasicBlock):
         stride: int = 1,
         residual: bool = True,
         shortcut: Shortcut = "A",
-        gate_bias: float = HIGHWAY_GATE_BIAS,
     ) -> None:
         if not residual:
             raise ValueError("a highway block always has its (gated) shortcut: use residual=True")
         super().__init__(in_planes, planes, stride, residual, shortcut)
         self.gate = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
         assert self.gate.bias is not None  # bias=True
-        nn.init.constant_(self.gate.bias, gate_bias)
+        nn.init.constant_(self.gate.bias, HIGHWAY_GATE_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert self.shortcut is not None  # always there: __init__ refuses residual=False

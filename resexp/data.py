@@ -114,14 +114,12 @@ def load_data(cfg: Any) -> ImageData:
     if notes:
         description += f" ({'; '.join(notes)})"
     log.debug("data: %s", description)
-    identity = data_identity(cfg, train_x, train_y, test_x, test_y, list(sets["classes"]))
-    identity["subset_or_split"] = bool(notes)
-    return ImageData(train_x, train_y, test_x, test_y, list(sets["classes"]), description, identity)
+    data = ImageData(train_x, train_y, test_x, test_y, list(sets["classes"]), description)
+    data.identity = {**data_identity(cfg, data), "subset_or_split": bool(notes)}
+    return data
 
 
-def data_identity(
-    cfg: Any, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, classes: list[str]
-) -> dict[str, Any]:
+def data_identity(cfg: Any, data: ImageData) -> dict[str, Any]:
     """What a run trained and was tested on, recorded in its summary.json.
 
     The loader, where it read from, the images per class of each split and a SHA-256 of the
@@ -130,15 +128,15 @@ def data_identity(
     on; an image folder is whatever it holds, a re-encoded copy of CIFAR-10 included.
     """
     h = hashlib.sha256()
-    for t in (train_x, train_y, test_x, test_y):
+    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
         h.update(t.contiguous().cpu().numpy().tobytes())
-    n = len(classes)
+    n = len(data.classes)
     return {
         "source": cfg.source,
         "root": None if cfg.source == "synthetic" else str(Path(cfg.root).expanduser().absolute()),
-        "classes": classes,
-        "train_per_class": torch.bincount(train_y.cpu(), minlength=n).tolist(),
-        "test_per_class": torch.bincount(test_y.cpu(), minlength=n).tolist(),
+        "classes": list(data.classes),
+        "train_per_class": torch.bincount(data.train_y.cpu(), minlength=n).tolist(),
+        "test_per_class": torch.bincount(data.test_y.cpu(), minlength=n).tolist(),
         "sha256": h.hexdigest(),
     }
 

@@ -1,9 +1,9 @@
 """Image data sets as uint8 tensors, and their augmentation and batching on the device.
 
 Sources: CIFAR-10 and CIFAR-100 in torchvision's python format (downloaded when absent), an
-image-folder tree
-``ROOT/{train,test}/<class>/*.png|jpg`` or a tar archive of one, and generated images with a
-learnable class structure for smoke runs. Decoded images are cached as one ``torch.save`` file.
+image-folder tree ``ROOT/{train,test}/<class>/*.png|jpg`` or a tar archive of one, and generated
+images with a learnable class structure for smoke runs. Decoded images are cached as one
+``torch.save`` file.
 
 Preprocessing and augmentation follow He et al. 2015, "Deep Residual Learning for Image
 Recognition", sec. 4.2: the per-pixel mean of the training images is subtracted; a training image
@@ -38,6 +38,7 @@ from filelock import FileLock, Timeout
 from torch import Tensor
 
 from resexp.errors import DataError
+from resexp.rundir import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,9 @@ class ImageData:
 def load_data(cfg: Any) -> ImageData:
     """Read (or generate) the data set that ``cfg`` (a ``DataConfig``) describes."""
     if cfg.source == "cifar10":
-        sets, where = _cifar10(cfg), f"CIFAR-10 (torchvision) at {cfg.root}"
+        sets, where = _cifar(cfg, _read_cifar10), f"CIFAR-10 (torchvision) at {cfg.root}"
     elif cfg.source == "cifar100":
-        sets, where = _cifar100(cfg), f"CIFAR-100 (torchvision) at {cfg.root}"
+        sets, where = _cifar(cfg, _read_cifar100), f"CIFAR-100 (torchvision) at {cfg.root}"
     elif cfg.source == "folder":
         sets, where = _folder(cfg), f"image folder {cfg.root}"
     elif cfg.source == "synthetic":
@@ -113,14 +114,12 @@ def load_data(cfg: Any) -> ImageData:
     if notes:
         description += f" ({'; '.join(notes)})"
     log.debug("data: %s", description)
-    identity = data_identity(cfg, train_x, train_y, test_x, test_y, list(sets["classes"]))
-    identity["subset_or_split"] = bool(notes)
-    return ImageData(train_x, train_y, test_x, test_y, list(sets["classes"]), description, identity)
+    data = ImageData(train_x, train_y, test_x, test_y, list(sets["classes"]), description)
+    data.identity = {**data_identity(cfg, data), "subset_or_split": bool(notes)}
+    return data
 
 
-def data_identity(
-    cfg: Any, train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, classes: list[str]
-) -> dict[str, Any]:
+def data_identity(cfg: Any, data: ImageData) -> dict[str, Any]:
     """What a run trained and was tested on, recorded in its summary.json.
 
     The loader, where it read from, the images per class of each split and a SHA-256 of the
@@ -129,15 +128,15 @@ def data_identity(
     on; an image folder is whatever it holds, a re-encoded copy of CIFAR-10 included.
     """
     h = hashlib.sha256()
-    for t in (train_x, train_y, test_x, test_y):
+    for t in (data.train_x, data.train_y, data.test_x, data.test_y):
         h.update(t.contiguous().cpu().numpy().tobytes())
-    n = len(classes)
+    n = len(data.classes)
     return {
         "source": cfg.source,
         "root": None if cfg.source == "synthetic" else str(Path(cfg.root).expanduser().absolute()),
-        "classes": classes,
-        "train_per_class": torch.bincount(train_y.cpu(), minlength=n).tolist(),
-        "test_per_class": torch.bincount(test_y.cpu(), minlength=n).tolist(),
+        "classes": list(data.classes),
+        "train_per_class": torch.bincount(data.train_y.cpu(), minlength=n).tolist(),
+        "test_per_class": torch.bincount(data.test_y.cpu(), minlength=n).tolist(),
         "sha256": h.hexdigest(),
     }
 
@@ -160,11 +159,12 @@ def _alternatives(root: Path | str) -> str:
     )
 
 
-def _cifar10(cfg: Any) -> dict[str, Any]:
-    """CIFAR-10 from torchvision's python pickles under ``cfg.root``, downloaded if allowed."""
+def _cifar(cfg: Any, read: Callable[[Path, bool], dict[str, Any]]) -> dict[str, Any]:
+    """CIFAR-10 or CIFAR-100 (``cfg.source``) under ``cfg.root``: read by ``read`` (downloaded if
+    allowed) on the first run, then from the cache."""
     root = Path(cfg.root).expanduser().absolute()
-    cache = Path(cfg.cache_dir) / f"cifar10-{_digest(str(root))}.pt"
-    return _cached(cache, lambda: _read_cifar10(root, cfg.download))
+    cache = Path(cfg.cache_dir) / f"{cfg.source}-{_digest(str(root))}.pt"
+    return _cached(cache, lambda: read(root, cfg.download))
 
 
 def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
@@ -175,9 +175,10 @@ def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
                 f"CIFAR-10 is not in {root} (no {CIFAR10_FOLDER}/ there) and data.download is "
                 f"false. {_alternatives(root)}"
             )
-        _download_cifar10(root)
-    train = [_read_cifar10_batch(folder / name) for name in CIFAR10_TRAIN_FILES]
-    test_x, test_y = _read_cifar10_batch(folder / "test_batch")
+        _download(root, "CIFAR-10", _alternatives(root))
+    what = "a CIFAR-10 batch"
+    train = [_read_cifar_pickle(folder / name, b"labels", what) for name in CIFAR10_TRAIN_FILES]
+    test_x, test_y = _read_cifar_pickle(folder / "test_batch", b"labels", what)
     meta = _unpickle(folder / "batches.meta")
     classes = [name.decode() for name in meta[b"label_names"]]
     train_x, train_y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
@@ -191,42 +192,23 @@ def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
     }
 
 
-def _download_cifar10(root: Path) -> None:
-    log.info("downloading CIFAR-10 into %s", root)
-    new_folder = first_missing(root)
-    try:
-        import torchvision
-
-        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
-    except Exception as error:
-        if new_folder is not None:  # a failed download leaves no folder behind
-            shutil.rmtree(new_folder, ignore_errors=True)
-        raise DataError(
-            f"could not download CIFAR-10 into {root}; the network is likely unavailable "
-            f"({_one_line(error)}). {_alternatives(root)}"
-        ) from None
-
-
-def _cifar100(cfg: Any) -> dict[str, Any]:
-    """CIFAR-100 (Krizhevsky 2009) from torchvision's python pickles under ``cfg.root``: the same
-    50,000 / 10,000 32x32 images as CIFAR-10's format, labelled with the 100 fine classes."""
-    root = Path(cfg.root).expanduser().absolute()
-    cache = Path(cfg.cache_dir) / f"cifar100-{_digest(str(root))}.pt"
-    return _cached(cache, lambda: _read_cifar100(root, cfg.download))
-
-
 def _read_cifar100(root: Path, download: bool) -> dict[str, Any]:
+    """CIFAR-100 (Krizhevsky 2009): the same 50,000 / 10,000 32x32 images as CIFAR-10's format,
+    labelled with the 100 fine classes."""
     folder = root / CIFAR100_FOLDER
     if not folder.is_dir():
+        instead = (
+            f"Put torchvision's {CIFAR100_FOLDER}/ folder there, or use "
+            "`data=folder data.root=PATH`"
+        )
         if not download:
             raise DataError(
                 f"CIFAR-100 is not in {root} (no {CIFAR100_FOLDER}/ there) and data.download is "
-                f"false. Put torchvision's {CIFAR100_FOLDER}/ folder there, or use "
-                "`data=folder data.root=PATH` or `data=synthetic data.synthetic.num_classes=100`."
+                f"false. {instead} or `data=synthetic data.synthetic.num_classes=100`."
             )
-        _download_cifar100(root)
-    train_x, train_y = _read_cifar100_set(folder / "train")
-    test_x, test_y = _read_cifar100_set(folder / "test")
+        _download(root, "CIFAR-100", f"{instead}.")
+    train_x, train_y = _read_cifar_pickle(folder / "train", b"fine_labels", "a CIFAR-100 set")
+    test_x, test_y = _read_cifar_pickle(folder / "test", b"fine_labels", "a CIFAR-100 set")
     classes = [name.decode() for name in _unpickle(folder / "meta")[b"fine_label_names"]]
     log.info("CIFAR-100 at %s: %d train / %d test images", root, len(train_x), len(test_x))
     return {
@@ -238,31 +220,33 @@ def _read_cifar100(root: Path, download: bool) -> dict[str, Any]:
     }
 
 
-def _download_cifar100(root: Path) -> None:
-    log.info("downloading CIFAR-100 into %s", root)
+def _download(root: Path, name: str, alternatives: str) -> None:
+    """Download CIFAR-10 or CIFAR-100 (``name``) into ``root`` with torchvision."""
+    log.info("downloading %s into %s", name, root)
     new_folder = first_missing(root)
     try:
         import torchvision
 
-        torchvision.datasets.CIFAR100(str(root), train=True, download=True)
+        dataset = getattr(torchvision.datasets, name.replace("-", ""))  # CIFAR10 or CIFAR100
+        dataset(str(root), train=True, download=True)
     except Exception as error:
         if new_folder is not None:  # a failed download leaves no folder behind
             shutil.rmtree(new_folder, ignore_errors=True)
         raise DataError(
-            f"could not download CIFAR-100 into {root}; the network is likely unavailable "
-            f"({_one_line(error)}). Put torchvision's {CIFAR100_FOLDER}/ folder there, or use "
-            "`data=folder data.root=PATH`."
+            f"could not download {name} into {root}; the network is likely unavailable "
+            f"({_one_line(error)}). {alternatives}"
         ) from None
 
 
-def _read_cifar100_set(path: Path) -> tuple[Tensor, Tensor]:
-    """One CIFAR-100 pickle (train or test): ``data`` rows of 3072 uint8, ``fine_labels``."""
+def _read_cifar_pickle(path: Path, labels: bytes, what: str) -> tuple[Tensor, Tensor]:
+    """One CIFAR-10 batch or CIFAR-100 set: ``data`` rows of 3072 uint8, and the labels under
+    the key ``labels`` (CIFAR-10's ``labels``, CIFAR-100's ``fine_labels``)."""
     batch = _unpickle(path)
     try:
         x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        y = np.asarray(batch[b"fine_labels"], dtype=np.int64)
+        y = np.asarray(batch[labels], dtype=np.int64)
     except (KeyError, ValueError) as error:
-        raise DataError(f"{path} is not a CIFAR-100 set ({_one_line(error)})") from None
+        raise DataError(f"{path} is not {what} ({_one_line(error)})") from None
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 
@@ -275,16 +259,6 @@ def _unpickle(path: Path) -> dict:
             f"cannot read {path} ({_one_line(error)}); delete {path.parent} and run again to "
             "download it afresh"
         ) from None
-
-
-def _read_cifar10_batch(path: Path) -> tuple[Tensor, Tensor]:
-    batch = _unpickle(path)
-    try:
-        x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        y = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (KeyError, ValueError) as error:
-        raise DataError(f"{path} is not a CIFAR-10 batch ({_one_line(error)})") from None
-    return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 
 def _folder(cfg: Any) -> dict[str, Any]:
@@ -303,8 +277,7 @@ def _folder(cfg: Any) -> dict[str, Any]:
                 f"{root} is a file but not a tar archive ({', '.join(ARCHIVE_SUFFIXES)}); set "
                 "data.root to an image-folder tree or an archive of one"
             )
-        stat = root.stat()
-        key = _digest(str(root), stat.st_size, stat.st_mtime_ns)
+        key = _digest(str(root), *_size_mtime(root))
 
         def build() -> dict[str, Any]:
             tree = _find_tree(_unpack(root, cache_dir / "unpacked", key))
@@ -608,16 +581,7 @@ def _check_sets(sets: Any) -> None:
 def _write_cache(path: Path, sets: dict[str, Any]) -> None:
     """Write atomically: a temporary file in the same folder, synced, then renamed over ``path``."""
     start = time.perf_counter()
-    tmp = path.with_name(path.name + ".partial")  # ours alone while we hold the lock
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(sets, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(sets, f), binary=True)
     size_mb = path.stat().st_size / 1e6
     log.info(
         "cached decoded images in %s (%.0f MB, %.1f s)", path, size_mb, time.perf_counter() - start

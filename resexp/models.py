@@ -375,7 +375,7 @@ class PreActBlock(_Block):
         return out
 
 
-class HighwayBlock(_Block):
+class HighwayBlock(BasicBlock):
     """A BasicBlock whose shortcut is gated: y = relu(T * F(x) + (1 - T) * shortcut(x)).
 
     Srivastava et al. 2015, eq. 3, with T = sigmoid(gate(x)) from a 1x1 conv (with bias) at the
@@ -390,18 +390,13 @@ class HighwayBlock(_Block):
         stride: int = 1,
         residual: bool = True,
         shortcut: Shortcut = "A",
-        gate_bias: float = HIGHWAY_GATE_BIAS,
     ) -> None:
         if not residual:
             raise ValueError("a highway block always has its (gated) shortcut: use residual=True")
         super().__init__(in_planes, planes, stride, residual, shortcut)
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes)
-        self.bn2 = nn.BatchNorm2d(planes)
         self.gate = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
         assert self.gate.bias is not None  # bias=True
-        nn.init.constant_(self.gate.bias, gate_bias)
+        nn.init.constant_(self.gate.bias, HIGHWAY_GATE_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert self.shortcut is not None  # always there: __init__ refuses residual=False
@@ -525,20 +520,6 @@ def check_architecture(
 ) -> None:
     """Refuse an invalid architecture before anything is built or written: one ValueError that
     lists every problem, each with the valid choices. The config's keys, one argument each."""
-    problems = _architecture_problems(depth, residual, shortcut, block, family, stem, num_classes)
-    if problems:
-        raise ValueError("; ".join(problems))
-
-
-def _architecture_problems(
-    depth: object,
-    residual: object,
-    shortcut: object,
-    block: object,
-    family: object,
-    stem: object,
-    num_classes: object,
-) -> list[str]:
     problems = []
     if not isinstance(residual, bool):
         problems.append(f"residual must be True or False, got {residual!r}")
@@ -577,7 +558,8 @@ def _architecture_problems(
             )
     else:
         problems.append(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
-    return problems
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 # -------------------------------------------------------------------------------------------------
@@ -689,8 +671,7 @@ class CifarResNet(_ResNet):
             assert isinstance(first, PreActBottleneck)
             first.bn1 = None
         # Pre-activation blocks end on an addition, so the net needs one more BN-ReLU before
-        # pooling; the stem's BN-ReLU is their "first activation right after conv1 and before
-        # splitting into two paths" (He et al. 2016, appendix).
+        # pooling (He et al. 2016, appendix).
         self.final_bn = nn.BatchNorm2d(out_planes) if block_type in PREACT_BLOCKS else None
         self.fc = nn.Linear(out_planes, num_classes)
 

@@ -30,22 +30,25 @@ from __future__ import annotations
 
 import itertools
 import logging
+import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from resexp.config import data_for_run, explicit_keys
+from resexp.data import eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
+from resexp.models import CifarResNet, ResNet, build_model, count_parameters
+from resexp.rundir import RunDir, write_json
 from resexp.runtime import Runtime, float64_device, resolve
-
-if TYPE_CHECKING:
-    from resexp.models import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +187,6 @@ def check_claims(actual: Mapping[str, Any], claims: Mapping[str, Any], what: str
 def read_checkpoint(path: Path) -> Any:
     """A checkpoint file's contents, unpickled with ``weights_only`` (no code from the file
     runs); NumPy arrays are allowed, as resexp's own checkpoints hold NumPy's random state."""
-    import pickle
-
-    import numpy as np
-
     if not path.is_file():
         raise ResexpError(
             f"{path} is not a file: give a run folder, a study folder or a checkpoint"
@@ -251,8 +250,6 @@ def weights_from_run(run: Any, claims: Mapping[str, Any]) -> Weights:
 def _resexp_weights(
     state: dict, path: Path, label: str, out_dir: Path, claims: Mapping[str, Any]
 ) -> Weights:
-    from resexp.models import build_model, count_parameters
-
     config = state["config"]
     arch = {key: config[key] for key in ARCH_KEYS if key in config}
     check_claims(arch, claims, str(path))
@@ -266,14 +263,12 @@ def _resexp_weights(
         raise ResexpError(
             f"{path}: its weights do not fit the network its config describes ({_first_line(e)})"
         ) from None
-    summary = _read_summary(path.parent)
-    reference = {}
-    if summary.get("test_error") is not None and summary.get("evaluated_at") == state.get(
-        "iteration"
-    ):
+    summary = RunDir(path.parent).read_summary() or {}
+    iteration, reference = state.get("iteration"), {}
+    if summary.get("test_error") is not None and summary.get("evaluated_at") == iteration:
         reference = {
             "test_error": summary["test_error"],
-            "at_iteration": summary.get("evaluated_at"),
+            "at_iteration": iteration,
             "source": "the run's summary.json (its last evaluation during training)",
         }
     return Weights(
@@ -284,7 +279,7 @@ def _resexp_weights(
         out_dir=out_dir,
         arch={**arch, "params": count_parameters(model)},
         data=dict(config["data"]) if isinstance(config.get("data"), dict) else None,
-        iteration=state.get("iteration"),
+        iteration=iteration,
         reference=reference,
     )
 
@@ -292,8 +287,6 @@ def _resexp_weights(
 def _akamaster_weights(
     state: Any, tensors: dict, path: Path, out_dir: Path, claims: Mapping[str, Any]
 ) -> Weights:
-    from resexp.models import CifarResNet, count_parameters
-
     tensors = akamaster_keys(tensors)
     where = f"{path} ({AKAMASTER} format)"
     if any(".shortcut." in k for k in tensors):
@@ -354,12 +347,6 @@ def _akamaster_weights(
     )
 
 
-def _read_summary(folder: Path) -> dict:
-    from resexp.rundir import RunDir
-
-    return RunDir(folder).read_summary() or {}
-
-
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
@@ -383,8 +370,6 @@ def confusion_and_loss(
     """The confusion matrix (rows: true class, columns: the network's output with the highest
     logit) and the mean cross-entropy, over the single original view of each image, in fp32
     (as ``resexp.train.evaluate``, whose error this matrix's off-diagonal sum gives)."""
-    from resexp.data import eval_batches
-
     model.eval()
     fc = model.fc  # a resexp network's (or its compiled wrapper's) classifier
     assert isinstance(fc, torch.nn.Linear)
@@ -481,8 +466,6 @@ class Evaluation:
 
 def normalization_for(weights: Weights, data: Any, data_cfg: Any) -> tuple[Tensor, Tensor, dict]:
     """The constants the network was trained with, in uint8 units, and their description."""
-    from resexp.data import mean_std
-
     if weights.kind == "akamaster":
         mean = torch.tensor(AKAMASTER_MEAN).view(3, 1, 1) * 255  # ToTensor() divides by 255
         std = torch.tensor(AKAMASTER_STD).view(3, 1, 1) * 255
@@ -580,10 +563,8 @@ def evaluate_path(
     results = []
     for weights in found:
         data_cfg = data_for_run(weights.data, cfg, keys)  # its own unless data=
-        key = repr(sorted(_plain(data_cfg).items()))
+        key = OmegaConf.to_yaml(data_cfg, resolve=True, sort_keys=True)  # each data set once
         if key not in loaded:
-            from resexp.data import load_data
-
             loaded[key] = (load_data(data_cfg), data_cfg)
         data, data_cfg = loaded[key]
         if out is None:
@@ -603,12 +584,11 @@ def evaluate_path(
 
 def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weights], Path | None]:
     """One run's weights, or those of every run of a study matching the claims."""
-    from resexp.analysis.common import find_runs
-    from resexp.rundir import RunDir
+    from resexp.analysis.common import find_runs  # here: resexp.analysis imports every analysis
 
-    if RunDir(path).is_trained():
-        return [weights_from_run(find_runs(path, unfinished=True)[0], claims)], None
     runs = find_runs(path, unfinished=True)
+    if RunDir(path).is_trained():
+        return [weights_from_run(runs[0], claims)], None
     if not runs:
         raise ResexpError(
             f"no runs with a checkpoint under {path}: expected a run folder (config.yaml and "
@@ -622,22 +602,12 @@ def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weig
     return [weights_from_run(r, {}) for r in chosen], path
 
 
-def _plain(node: Any) -> dict:
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(node):
-        return cast(dict, OmegaConf.to_container(node, resolve=True))  # a data config: a dict
-    return dict(node)
-
-
 # ----------------------------------------------------------------------------------------------
 # Writing: evaluation.json, confusion.png, the terminal table
 
 
 def write_evaluation(result: Evaluation) -> list[Path]:
     """``evaluation.json`` and ``confusion.png`` in the result's folder."""
-    from resexp.rundir import write_json
-
     result.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = result.out_dir / RESULT_JSON, result.out_dir / CONFUSION_PNG
     write_json(json_path, result.to_json())
@@ -647,8 +617,6 @@ def write_evaluation(result: Evaluation) -> list[Path]:
 
 def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -> Path:
     """One line per run of a study, with where its full evaluation lies."""
-    from resexp.rundir import write_json
-
     path = out_dir / RESULT_JSON
     write_json(path, {
         "format_version": FORMAT_VERSION,

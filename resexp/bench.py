@@ -224,16 +224,8 @@ def baseline_transforms(train_x: torch.Tensor, train: bool) -> Compose:
 
     mean, std = mean_std(train_x.cpu(), "channel_std")
     normalize = transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())
-    if not train:
-        return transforms.Compose([transforms.ToTensor(), normalize])
-    return transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            normalize,
-        ]
-    )
+    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    return transforms.Compose([*(augment if train else []), transforms.ToTensor(), normalize])
 
 
 def baseline_workers() -> int:
@@ -248,13 +240,7 @@ class _Baseline:
         self.device = device
         self.batch_size = batch_size = cfg.schedule.batch_size
         self.model = _model(cfg, data).to(device)
-        schedule = cfg.schedule
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=schedule.lr,
-            momentum=schedule.momentum,
-            weight_decay=schedule.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.model, cfg.schedule)  # resexp's SGD, not fused
         self.workers = baseline_workers()
         self.pin_memory = device.type == "cuda"
         self.train_transform = baseline_transforms(data.train_x, train=True)

@@ -32,7 +32,7 @@ import itertools
 import logging
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,30 +358,24 @@ def _first_line(e: BaseException) -> str:
 
 @torch.no_grad()
 def confusion_and_loss(
-    model: torch.nn.Module,
-    x: Tensor,
-    y: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    batch_size: int,
-    num_classes: int,
-    memory_format: torch.memory_format = torch.contiguous_format,
+    model: torch.nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int
 ) -> tuple[Tensor, float]:
     """The confusion matrix (rows: true class, columns: the network's output with the highest
-    logit) and the mean cross-entropy, over the single original view of each image, in fp32
-    (as ``resexp.train.evaluate``, whose error this matrix's off-diagonal sum gives)."""
+    logit) and the mean cross-entropy over ``batches`` (``data.eval_batches``: the single
+    original view of each image), in fp32 (as ``resexp.train.error_and_loss``, whose error this
+    matrix's off-diagonal sum gives)."""
     model.eval()
     fc = model.fc  # a resexp network's (or its compiled wrapper's) classifier
     assert isinstance(fc, torch.nn.Linear)
-    outputs = fc.out_features
-    confusion = torch.zeros(num_classes * outputs, dtype=torch.long, device=x.device)
-    wide = float64_device(x.device)  # MPS has no float64
+    outputs, device = fc.out_features, fc.weight.device
+    confusion = torch.zeros(num_classes * outputs, dtype=torch.long, device=device)
+    wide = float64_device(device)  # MPS has no float64
     loss = torch.zeros((), dtype=torch.float64, device=wide)
-    for xb, yb in eval_batches(x, y, batch_size, mean, std, memory_format=memory_format):
+    for xb, yb in batches:
         logits = model(xb).float()  # (B, outputs); fp32 weights, no autocast
         loss += F.cross_entropy(logits, yb, reduction="sum").to(wide).double()
         confusion += torch.bincount(yb * outputs + logits.argmax(1), minlength=len(confusion))
-    return confusion.view(num_classes, outputs).cpu(), loss.item() / len(y)
+    return confusion.view(num_classes, outputs).cpu(), loss.item() / int(confusion.sum())
 
 
 @dataclass
@@ -501,11 +495,10 @@ def evaluate_weights(
             f"({data.description}): choose data with at most {outputs} classes"
         )
     mean, std, normalization = normalization_for(weights, data, data_cfg)
-    model, device = runtime.prepare(weights.model), runtime.device
-    x, y, classes = data.test_x.to(device), data.test_y.to(device), len(data.classes)
-    confusion, loss = confusion_and_loss(
-        model, x, y, mean.to(device), std.to(device), batch_size, classes, runtime.memory_format
-    )
+    device = runtime.device
+    x, y = data.test_x.to(device), data.test_y.to(device)
+    batches = eval_batches(x, y, batch_size, mean, std, memory_format=runtime.memory_format)
+    confusion, loss = confusion_and_loss(runtime.prepare(weights.model), batches, len(data.classes))
     weights.model.cpu()
     notes = []
     if weights.kind == "akamaster" and tuple(data.classes) != CIFAR10_CLASSES[: len(data.classes)]:

@@ -599,19 +599,16 @@ def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weig
 # Writing: evaluation.json, confusion.png, the terminal table
 
 
-def write_evaluation(result: Evaluation) -> list[Path]:
+def write_evaluation(result: Evaluation) -> None:
     """``evaluation.json`` and ``confusion.png`` in the result's folder."""
     result.out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = result.out_dir / RESULT_JSON, result.out_dir / CONFUSION_PNG
-    write_json(json_path, result.to_json())
-    plot_confusion(result).savefig(png_path, dpi=120)
-    return [json_path, png_path]
+    write_json(result.out_dir / RESULT_JSON, result.to_json())
+    plot_confusion(result).savefig(result.out_dir / CONFUSION_PNG, dpi=120)
 
 
-def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -> Path:
+def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -> None:
     """One line per run of a study, with where its full evaluation lies."""
-    path = out_dir / RESULT_JSON
-    write_json(path, {
+    write_json(out_dir / RESULT_JSON, {
         "format_version": FORMAT_VERSION,
         "study": str(study.absolute()),
         "runs": [{
@@ -625,7 +622,6 @@ def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -
             "evaluation": str((r.out_dir / RESULT_JSON).absolute()),
         } for r in results],
     })  # fmt: skip
-    return path
 
 
 def plot_confusion(result: Evaluation):
@@ -661,12 +657,12 @@ def plot_confusion(result: Evaluation):
     return fig
 
 
-def print_report(results: list[Evaluation], console: Any = None) -> None:
+def print_report(results: list[Evaluation]) -> None:
     """One table per network (a study: one line per run), and where the files went."""
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = Console()
     if len(results) > 1:
         table = Table(title="Evaluation", title_justify="left")
         for column in ("run", "iteration", "error %", "loss", "recorded %", "data"):
@@ -704,8 +700,7 @@ def _print_one(r: Evaluation, console: Any) -> None:
     console.print(f"normalisation: {normalization_line(r.normalization)}", highlight=False)
     table = Table(title_justify="left")
     for column in ("class", "images", "error %", "most often taken for"):
-        table.add_column(column, justify="left" if column != "images" and "%" not in column
-                         else "right")  # fmt: skip
+        table.add_column(column, justify="right" if column in ("images", "error %") else "left")
     for row in r.per_class():
         error = row["error"]
         taken = (f"{row['most_confused_with']} ({row['confused_images']})"
@@ -730,14 +725,12 @@ def normalization_line(n: dict[str, Any]) -> str:
 
 def reference_line(reference: dict[str, Any]) -> str:
     """The error the weights were reported with, to read beside the one just measured."""
-    if "published_test_error" in reference or "best_prec1" in reference:
-        parts = []
-        if "published_test_error" in reference:
-            parts.append(f"{reference['published_test_error']:.2f}% published ({AKAMASTER} "
-                         "README)")  # fmt: skip
-        if "best_prec1" in reference:
-            parts.append(f"{reference['test_error_from_best_prec1']:.2f}% from the file's "
-                         "best_prec1")  # fmt: skip
+    parts = []
+    if "published_test_error" in reference:
+        parts.append(f"{reference['published_test_error']:.2f}% published ({AKAMASTER} README)")
+    if "best_prec1" in reference:
+        parts.append(f"{reference['test_error_from_best_prec1']:.2f}% from the file's best_prec1")
+    if parts:
         return "; ".join(parts)
     return (f"{reference['test_error']:.2f}% recorded at iteration {reference['at_iteration']:,} "
             "(summary.json)")  # fmt: skip

@@ -198,19 +198,17 @@ def read_checkpoint(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
-        try:
-            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:  # a file in the pre-1.6 format cannot be listed
-            found = "see torch.serialization.get_unsafe_globals_in_checkpoint"
-        raise ResexpError(
-            f"{path} holds Python objects other than tensors and numbers ({found}), which resexp "
-            "does not unpickle (that could run code from the file); save its state_dict alone"
-        ) from None
     except Exception as e:  # torch raises many kinds on a file that is not one of its own
-        raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+        if not isinstance(e, pickle.UnpicklingError) or "Weights only load failed" not in str(e):
+            raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+    try:  # a checkpoint, refused by weights_only: name what it holds
+        found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a file in the pre-1.6 format cannot be listed
+        found = "see torch.serialization.get_unsafe_globals_in_checkpoint"
+    raise ResexpError(
+        f"{path} holds Python objects other than tensors and numbers ({found}), which resexp "
+        "does not unpickle (that could run code from the file); save its state_dict alone"
+    )
 
 
 def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:

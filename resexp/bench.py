@@ -238,19 +238,18 @@ class _Baseline:
 
     def __init__(self, cfg: Any, data: ImageData, device: torch.device) -> None:
         self.device = device
-        self.batch_size = batch_size = cfg.schedule.batch_size
+        self.batch_size = cfg.schedule.batch_size
         self.model = _model(cfg, data).to(device)
         self.optimizer = make_optimizer(self.model, cfg.schedule)  # resexp's SGD, not fused
         self.workers = baseline_workers()
         self.pin_memory = device.type == "cuda"
         self.train_transform = baseline_transforms(data.train_x, train=True)
-        self.train_set = PILImages(data.train_x, data.train_y, self.train_transform)
         self.test_set = PILImages(
             data.test_x, data.test_y, baseline_transforms(data.train_x, train=False)
         )
         self.train_loader = torch.utils.data.DataLoader(
-            self.train_set,
-            batch_size=batch_size,
+            PILImages(data.train_x, data.train_y, self.train_transform),
+            batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.workers,
             pin_memory=self.pin_memory,
@@ -277,8 +276,7 @@ class _Baseline:
         for _ in range(n):
             t = time.perf_counter()
             x, y = self._next()
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             _sync(self.device)
             data_time += time.perf_counter() - t
             out = self.model(x)
@@ -518,10 +516,10 @@ def format_table(result: dict[str, Any]) -> Table:
         table.add_column("ratio", justify="right")
 
     def row(label: str, key: str, fmt: str, ratio: bool = False, scale: float = 1) -> None:
-        cells = [label, _cell(ours.get(key), fmt, scale)]
+        values = [ours.get(key), base.get(key)] if base else [ours.get(key)]
+        cells = [label, *("n/a" if v is None else fmt.format(v * scale) for v in values)]
         if base:
-            cells.append(_cell(base.get(key), fmt, scale))
-            a, b = ours.get(key), base.get(key)
+            a, b = values
             cells.append(f"{a / b:.2f}x" if ratio and a and b else "")
         table.add_row(*cells)
 
@@ -537,7 +535,3 @@ def format_table(result: dict[str, Any]) -> Table:
     if ours.get("peak_cuda_mib") is not None:
         row("peak CUDA memory (MiB)", "peak_cuda_mib", "{:.0f}")
     return table
-
-
-def _cell(value: float | None, fmt: str, scale: float = 1) -> str:
-    return "n/a" if value is None else fmt.format(value * scale)

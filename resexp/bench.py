@@ -157,8 +157,7 @@ class _Ours:
     def steps(self, n: int) -> Block:
         """Run ``n`` steps, timing them and the part spent producing batches."""
         cuda = self.device.type == "cuda"
-        marks, step_s = [], []
-        data_time = 0.0
+        marks, step_s, data_time = [], [], 0.0
         _sync(self.device)
         start = time.perf_counter()
         for _ in range(n):

@@ -107,11 +107,8 @@ def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def akamaster_depth(state_dict: Mapping[str, Any], where: str = "the file") -> int:
     """6n+2 from the blocks per stage of one of their state dicts (``akamaster_keys`` applied)."""
-    counts = []
-    for stage in (1, 2, 3):
-        blocks = {int(m.group(2)) for k in state_dict if (m := _AKAMASTER_KEY.fullmatch(k))
-                  and m.group(1) == str(stage)}  # fmt: skip
-        counts.append(len(blocks))
+    found = [m for k in state_dict if (m := _AKAMASTER_KEY.fullmatch(k))]
+    counts = [len({int(m.group(2)) for m in found if m.group(1) == stage}) for stage in "123"]
     if not counts[0] or len(set(counts)) != 1:
         raise ResexpError(
             f"{where} is not one of {AKAMASTER}'s ResNets: they have three stages of n blocks "

@@ -157,8 +157,7 @@ class _Ours:
     def steps(self, n: int) -> Block:
         """Run ``n`` steps, timing them and the part spent producing batches."""
         cuda = self.device.type == "cuda"
-        marks, step_s = [], []
-        data_time = 0.0
+        marks, step_s, data_time = [], [], 0.0
         _sync(self.device)
         start = time.perf_counter()
         for _ in range(n):
@@ -224,16 +223,8 @@ def baseline_transforms(train_x: torch.Tensor, train: bool) -> Compose:
 
     mean, std = mean_std(train_x.cpu(), "channel_std")
     normalize = transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())
-    if not train:
-        return transforms.Compose([transforms.ToTensor(), normalize])
-    return transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            normalize,
-        ]
-    )
+    augment = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()]
+    return transforms.Compose([*(augment if train else []), transforms.ToTensor(), normalize])
 
 
 def baseline_workers() -> int:
@@ -246,25 +237,18 @@ class _Baseline:
 
     def __init__(self, cfg: Any, data: ImageData, device: torch.device) -> None:
         self.device = device
-        self.batch_size = batch_size = cfg.schedule.batch_size
+        self.batch_size = cfg.schedule.batch_size
         self.model = _model(cfg, data).to(device)
-        schedule = cfg.schedule
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(),
-            lr=schedule.lr,
-            momentum=schedule.momentum,
-            weight_decay=schedule.weight_decay,
-        )
+        self.optimizer = make_optimizer(self.model, cfg.schedule)  # resexp's SGD, not fused
         self.workers = baseline_workers()
         self.pin_memory = device.type == "cuda"
         self.train_transform = baseline_transforms(data.train_x, train=True)
-        self.train_set = PILImages(data.train_x, data.train_y, self.train_transform)
         self.test_set = PILImages(
             data.test_x, data.test_y, baseline_transforms(data.train_x, train=False)
         )
         self.train_loader = torch.utils.data.DataLoader(
-            self.train_set,
-            batch_size=batch_size,
+            PILImages(data.train_x, data.train_y, self.train_transform),
+            batch_size=self.batch_size,
             shuffle=True,
             num_workers=self.workers,
             pin_memory=self.pin_memory,
@@ -291,8 +275,7 @@ class _Baseline:
         for _ in range(n):
             t = time.perf_counter()
             x, y = self._next()
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             _sync(self.device)
             data_time += time.perf_counter() - t
             out = self.model(x)
@@ -349,14 +332,8 @@ def bench(cfg: Any) -> dict[str, Any]:
     schedule's length, the paper's 64k iterations by default); the baseline evaluates at the
     training batch size. Returns a JSON-ready dict.
     """
-    b, s = cfg.bench, cfg.schedule
+    s = cfg.schedule
     runtime = resolve(cfg, iterations=s.iterations)
-    mode = (runtime.compile_mode or "default") if runtime.compile else "none"  # what is timed
-    options = {**{k: cfg[k] for k in ("depth", "residual", "device", "precision", "threads")},
-               **b, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size,
-               "compile": "auto" if cfg.compile == "auto" else mode,
-               "channels_last": str(cfg.channels_last).lower(), "data": cfg.data.source,
-               "eval_images": cfg.data.test_size, "data_root": cfg.data.get("root")}  # fmt: skip
     images = load_data(cfg.data)
     if s.batch_size > len(images.train_y):
         raise ConfigError(
@@ -366,20 +343,20 @@ def bench(cfg: Any) -> dict[str, Any]:
     threads_before = torch.get_num_threads()
     try:
         runtime.apply()  # as train.fit: both loops run with its threads; restored at the end
-        return _measure(cfg, options, images, runtime, mode, _split(b.iterations, b.rounds))
+        return _measure(cfg, images, runtime)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _measure(
-    cfg: Any,
-    options: dict[str, Any],
-    images: ImageData,
-    runtime: Runtime,
-    compile: str,
-    blocks: list[int],
-) -> dict[str, Any]:
-    batch_size, warmup = options["batch_size"], options["warmup"]
+def _measure(cfg: Any, images: ImageData, runtime: Runtime) -> dict[str, Any]:
+    b, s = cfg.bench, cfg.schedule
+    compile = (runtime.compile_mode or "default") if runtime.compile else "none"  # what is timed
+    options = {**{k: cfg[k] for k in ("depth", "residual", "device", "precision", "threads")},
+               **b, "batch_size": s.batch_size, "eval_batch_size": s.eval_batch_size,
+               "compile": "auto" if cfg.compile == "auto" else compile,
+               "channels_last": str(cfg.channels_last).lower(), "data": cfg.data.source,
+               "eval_images": cfg.data.test_size, "data_root": cfg.data.get("root")}  # fmt: skip
+    blocks = _split(b.iterations, b.rounds)
     dev = runtime.device
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -390,7 +367,7 @@ def _measure(
     # resexp: warm-up (compilation included), a warm-up evaluation, then the first timed block.
     ours = _Ours(cfg, images, runtime)
     first_step_s = ours.steps(1).wall_s
-    ours.steps(warmup - 1)
+    ours.steps(b.warmup - 1)
     first_eval_s = ours.evaluate()
     ours_times = [ours.steps(blocks[0])]
     ours_rss = _peak_rss_mib()
@@ -398,12 +375,12 @@ def _measure(
 
     base = None
     base_times: list[Block] = []
-    if options["baseline"]:
+    if b.baseline:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
         base = _Baseline(cfg, images, dev)
         base_first_step_s = base.steps(1).wall_s
-        base.steps(warmup - 1)
+        base.steps(b.warmup - 1)
         base_times.append(base.steps(blocks[0]))
 
     # The remaining blocks alternate, so that both loops see the same load.
@@ -413,7 +390,41 @@ def _measure(
             base_times.append(base.steps(n))
     ours_eval_s = ours.evaluate()
 
-    result: dict[str, Any] = {
+    flops = train_flops_per_image(ours.model)
+    ours_loop = {
+        "precision": runtime.precision,
+        "channels_last": runtime.channels_last,
+        "compile": compile,
+        **_rates(ours_times, s.batch_size, flops, peak),
+        "eval_images_per_s": len(images.test_y) / ours_eval_s,
+        "eval_batch_size": s.eval_batch_size,
+        "first_step_s": first_step_s,
+        "first_eval_s": first_eval_s,
+        "peak_rss_mib": ours_rss,
+        "peak_cuda_mib": ours_cuda,
+    }
+    base_loop = None
+    if base is not None:
+        base_eval_s = base.evaluate()
+        base.close()
+        base_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+        base_loop = {
+            "precision": "fp32",
+            "channels_last": False,
+            "compile": "none",
+            "workers": base.workers,
+            "pin_memory": base.pin_memory,
+            "transforms": [type(t).__name__ for t in base.train_transform.transforms],
+            **_rates(base_times, s.batch_size, flops, peak),
+            "eval_images_per_s": len(images.test_y) / base_eval_s,
+            "eval_batch_size": s.batch_size,
+            "first_step_s": base_first_step_s,
+            # The process's peak includes resexp's (measured first); the workers' is separate.
+            "peak_rss_mib": _peak_rss_mib(),
+            "workers_peak_rss_mib": _peak_rss_mib(resource.RUSAGE_CHILDREN),
+            "peak_cuda_mib": base_cuda,
+        }
+    return {
         "options": options,
         "machine": {
             "date": started.isoformat(timespec="seconds"),
@@ -425,7 +436,7 @@ def _measure(
             "cores": os.cpu_count(),
             "threads": torch.get_num_threads(),
             "load_average_before": load_before,
-            "load_average_after": None,  # filled below
+            "load_average_after": _load_average(),
             "fp32_peak_flops_per_s": peak,
             "fp32_peak_how": f"best of {PEAK_MATMUL_REPEATS} fp32 {PEAK_MATMUL_SIZE}x"
             f"{PEAK_MATMUL_SIZE} matmuls, measured (not a specification)",
@@ -435,71 +446,35 @@ def _measure(
             "params": count_parameters(ours.model),
             "data": images.description,
         },
-        "resexp": {
-            "precision": runtime.precision,
-            "channels_last": runtime.channels_last,
-            "compile": compile,
-            **_rates(ours_times, batch_size),
-            "eval_images_per_s": len(images.test_y) / ours_eval_s,
-            "eval_batch_size": ours.schedule.eval_batch_size,
-            "first_step_s": first_step_s,
-            "first_eval_s": first_eval_s,
-            "peak_rss_mib": ours_rss,
-            "peak_cuda_mib": ours_cuda,
-        },
-        "baseline": None,
-        "speedup": None,
-        "eval_speedup": None,
+        "resexp": ours_loop,
+        "baseline": base_loop,
+        "speedup": ours_loop["images_per_s"] / base_loop["images_per_s"] if base_loop else None,
+        "eval_speedup": (
+            ours_loop["eval_images_per_s"] / base_loop["eval_images_per_s"] if base_loop else None
+        ),
     }
-    if base is not None:
-        base_eval_s = base.evaluate()
-        base.close()
-        base_cuda = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-        result["baseline"] = {
-            "precision": "fp32",
-            "channels_last": False,
-            "compile": "none",
-            "workers": base.workers,
-            "pin_memory": base.pin_memory,
-            "transforms": [type(t).__name__ for t in base.train_transform.transforms],
-            **_rates(base_times, batch_size),
-            "eval_images_per_s": len(images.test_y) / base_eval_s,
-            "eval_batch_size": batch_size,
-            "first_step_s": base_first_step_s,
-            # The process's peak includes resexp's (measured first); the workers' is separate.
-            "peak_rss_mib": _peak_rss_mib(),
-            "workers_peak_rss_mib": _peak_rss_mib(resource.RUSAGE_CHILDREN),
-            "peak_cuda_mib": base_cuda,
-        }
-        result["speedup"] = result["resexp"]["images_per_s"] / result["baseline"]["images_per_s"]
-        result["eval_speedup"] = (
-            result["resexp"]["eval_images_per_s"] / result["baseline"]["eval_images_per_s"]
-        )
-    result["machine"]["load_average_after"] = _load_average()
-    flops = train_flops_per_image(ours.model)
-    for loop in (result["resexp"], result["baseline"] or {}):
-        if loop:
-            loop["train_flops_per_image"] = flops
-            loop["train_flops_per_s"] = loop["images_per_s"] * flops
-            loop["peak_share"] = loop["train_flops_per_s"] / peak
-    return result
 
 
-def _rates(blocks: list[Block], batch_size: int) -> dict[str, Any]:
-    """Throughput over all timed blocks, its spread across blocks, and the data path's share."""
+def _rates(blocks: list[Block], batch_size: int, flops: int, peak: float) -> dict[str, Any]:
+    """Throughput over all timed blocks, its spread across blocks, the data path's share, and
+    the training FLOP/s (``flops`` per image) as a share of the measured ``peak``."""
     steps = sum(b.steps for b in blocks)
     wall = sum(b.wall_s for b in blocks)
     data = sum(b.data_s for b in blocks)
     step_s = [t for b in blocks for t in b.step_s]
+    images_per_s = steps * batch_size / wall
     return {
         "steps": steps,
-        "images_per_s": steps * batch_size / wall,
+        "images_per_s": images_per_s,
         "ms_per_step": 1000 * wall / steps,
         # The median resists a busy machine's stalls; None where steps run asynchronously (CUDA).
         "ms_per_step_median": 1000 * statistics.median(step_s) if step_s else None,
         "data_ms_per_step": 1000 * data / steps,
         "data_share": data / wall,
         "images_per_s_by_round": [b.steps * batch_size / b.wall_s for b in blocks],
+        "train_flops_per_image": flops,
+        "train_flops_per_s": images_per_s * flops,
+        "peak_share": images_per_s * flops / peak,
     }
 
 
@@ -540,10 +515,10 @@ def format_table(result: dict[str, Any]) -> Table:
         table.add_column("ratio", justify="right")
 
     def row(label: str, key: str, fmt: str, ratio: bool = False, scale: float = 1) -> None:
-        cells = [label, _cell(ours.get(key), fmt, scale)]
+        values = [ours.get(key), base.get(key)] if base else [ours.get(key)]
+        cells = [label, *("n/a" if v is None else fmt.format(v * scale) for v in values)]
         if base:
-            cells.append(_cell(base.get(key), fmt, scale))
-            a, b = ours.get(key), base.get(key)
+            a, b = values
             cells.append(f"{a / b:.2f}x" if ratio and a and b else "")
         table.add_row(*cells)
 
@@ -559,7 +534,3 @@ def format_table(result: dict[str, Any]) -> Table:
     if ours.get("peak_cuda_mib") is not None:
         row("peak CUDA memory (MiB)", "peak_cuda_mib", "{:.0f}")
     return table
-
-
-def _cell(value: float | None, fmt: str, scale: float = 1) -> str:
-    return "n/a" if value is None else fmt.format(value * scale)

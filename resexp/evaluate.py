@@ -30,22 +30,25 @@ from __future__ import annotations
 
 import itertools
 import logging
+import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from torch import Tensor
 
 from resexp.config import data_for_run, explicit_keys
+from resexp.data import eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
+from resexp.models import CifarResNet, ResNet, build_model, count_parameters
+from resexp.rundir import RunDir, write_json
 from resexp.runtime import Runtime, float64_device, resolve
-
-if TYPE_CHECKING:
-    from resexp.models import ResNet
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +107,8 @@ def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 def akamaster_depth(state_dict: Mapping[str, Any], where: str = "the file") -> int:
     """6n+2 from the blocks per stage of one of their state dicts (``akamaster_keys`` applied)."""
-    counts = []
-    for stage in (1, 2, 3):
-        blocks = {int(m.group(2)) for k in state_dict if (m := _AKAMASTER_KEY.fullmatch(k))
-                  and m.group(1) == str(stage)}  # fmt: skip
-        counts.append(len(blocks))
+    found = [m for k in state_dict if (m := _AKAMASTER_KEY.fullmatch(k))]
+    counts = [len({int(m.group(2)) for m in found if m.group(1) == stage}) for stage in "123"]
     if not counts[0] or len(set(counts)) != 1:
         raise ResexpError(
             f"{where} is not one of {AKAMASTER}'s ResNets: they have three stages of n blocks "
@@ -184,10 +184,6 @@ def check_claims(actual: Mapping[str, Any], claims: Mapping[str, Any], what: str
 def read_checkpoint(path: Path) -> Any:
     """A checkpoint file's contents, unpickled with ``weights_only`` (no code from the file
     runs); NumPy arrays are allowed, as resexp's own checkpoints hold NumPy's random state."""
-    import pickle
-
-    import numpy as np
-
     if not path.is_file():
         raise ResexpError(
             f"{path} is not a file: give a run folder, a study folder or a checkpoint"
@@ -199,19 +195,17 @@ def read_checkpoint(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
-        try:
-            found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:  # a file in the pre-1.6 format cannot be listed
-            found = "see torch.serialization.get_unsafe_globals_in_checkpoint"
-        raise ResexpError(
-            f"{path} holds Python objects other than tensors and numbers ({found}), which resexp "
-            "does not unpickle (that could run code from the file); save its state_dict alone"
-        ) from None
     except Exception as e:  # torch raises many kinds on a file that is not one of its own
-        raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+        if not isinstance(e, pickle.UnpicklingError) or "Weights only load failed" not in str(e):
+            raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+    try:  # a checkpoint, refused by weights_only: name what it holds
+        found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # a file in the pre-1.6 format cannot be listed
+        found = "see torch.serialization.get_unsafe_globals_in_checkpoint"
+    raise ResexpError(
+        f"{path} holds Python objects other than tensors and numbers ({found}), which resexp "
+        "does not unpickle (that could run code from the file); save its state_dict alone"
+    )
 
 
 def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:
@@ -251,8 +245,6 @@ def weights_from_run(run: Any, claims: Mapping[str, Any]) -> Weights:
 def _resexp_weights(
     state: dict, path: Path, label: str, out_dir: Path, claims: Mapping[str, Any]
 ) -> Weights:
-    from resexp.models import build_model, count_parameters
-
     config = state["config"]
     arch = {key: config[key] for key in ARCH_KEYS if key in config}
     check_claims(arch, claims, str(path))
@@ -266,14 +258,12 @@ def _resexp_weights(
         raise ResexpError(
             f"{path}: its weights do not fit the network its config describes ({_first_line(e)})"
         ) from None
-    summary = _read_summary(path.parent)
-    reference = {}
-    if summary.get("test_error") is not None and summary.get("evaluated_at") == state.get(
-        "iteration"
-    ):
+    summary = RunDir(path.parent).read_summary() or {}
+    iteration, reference = state.get("iteration"), {}
+    if summary.get("test_error") is not None and summary.get("evaluated_at") == iteration:
         reference = {
             "test_error": summary["test_error"],
-            "at_iteration": summary.get("evaluated_at"),
+            "at_iteration": iteration,
             "source": "the run's summary.json (its last evaluation during training)",
         }
     return Weights(
@@ -284,7 +274,7 @@ def _resexp_weights(
         out_dir=out_dir,
         arch={**arch, "params": count_parameters(model)},
         data=dict(config["data"]) if isinstance(config.get("data"), dict) else None,
-        iteration=state.get("iteration"),
+        iteration=iteration,
         reference=reference,
     )
 
@@ -292,8 +282,6 @@ def _resexp_weights(
 def _akamaster_weights(
     state: Any, tensors: dict, path: Path, out_dir: Path, claims: Mapping[str, Any]
 ) -> Weights:
-    from resexp.models import CifarResNet, count_parameters
-
     tensors = akamaster_keys(tensors)
     where = f"{path} ({AKAMASTER} format)"
     if any(".shortcut." in k for k in tensors):
@@ -354,12 +342,6 @@ def _akamaster_weights(
     )
 
 
-def _read_summary(folder: Path) -> dict:
-    from resexp.rundir import RunDir
-
-    return RunDir(folder).read_summary() or {}
-
-
 def _first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
@@ -371,32 +353,24 @@ def _first_line(e: BaseException) -> str:
 
 @torch.no_grad()
 def confusion_and_loss(
-    model: torch.nn.Module,
-    x: Tensor,
-    y: Tensor,
-    mean: Tensor,
-    std: Tensor,
-    batch_size: int,
-    num_classes: int,
-    memory_format: torch.memory_format = torch.contiguous_format,
+    model: torch.nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int
 ) -> tuple[Tensor, float]:
     """The confusion matrix (rows: true class, columns: the network's output with the highest
-    logit) and the mean cross-entropy, over the single original view of each image, in fp32
-    (as ``resexp.train.evaluate``, whose error this matrix's off-diagonal sum gives)."""
-    from resexp.data import eval_batches
-
+    logit) and the mean cross-entropy over ``batches`` (``data.eval_batches``: the single
+    original view of each image), in fp32 (as ``resexp.train.error_and_loss``, whose error this
+    matrix's off-diagonal sum gives)."""
     model.eval()
     fc = model.fc  # a resexp network's (or its compiled wrapper's) classifier
     assert isinstance(fc, torch.nn.Linear)
-    outputs = fc.out_features
-    confusion = torch.zeros(num_classes * outputs, dtype=torch.long, device=x.device)
-    wide = float64_device(x.device)  # MPS has no float64
+    outputs, device = fc.out_features, fc.weight.device
+    confusion = torch.zeros(num_classes * outputs, dtype=torch.long, device=device)
+    wide = float64_device(device)  # MPS has no float64
     loss = torch.zeros((), dtype=torch.float64, device=wide)
-    for xb, yb in eval_batches(x, y, batch_size, mean, std, memory_format=memory_format):
+    for xb, yb in batches:
         logits = model(xb).float()  # (B, outputs); fp32 weights, no autocast
         loss += F.cross_entropy(logits, yb, reduction="sum").to(wide).double()
         confusion += torch.bincount(yb * outputs + logits.argmax(1), minlength=len(confusion))
-    return confusion.view(num_classes, outputs).cpu(), loss.item() / len(y)
+    return confusion.view(num_classes, outputs).cpu(), loss.item() / int(confusion.sum())
 
 
 @dataclass
@@ -481,8 +455,6 @@ class Evaluation:
 
 def normalization_for(weights: Weights, data: Any, data_cfg: Any) -> tuple[Tensor, Tensor, dict]:
     """The constants the network was trained with, in uint8 units, and their description."""
-    from resexp.data import mean_std
-
     if weights.kind == "akamaster":
         mean = torch.tensor(AKAMASTER_MEAN).view(3, 1, 1) * 255  # ToTensor() divides by 255
         std = torch.tensor(AKAMASTER_STD).view(3, 1, 1) * 255
@@ -518,11 +490,10 @@ def evaluate_weights(
             f"({data.description}): choose data with at most {outputs} classes"
         )
     mean, std, normalization = normalization_for(weights, data, data_cfg)
-    model, device = runtime.prepare(weights.model), runtime.device
-    x, y, classes = data.test_x.to(device), data.test_y.to(device), len(data.classes)
-    confusion, loss = confusion_and_loss(
-        model, x, y, mean.to(device), std.to(device), batch_size, classes, runtime.memory_format
-    )
+    device = runtime.device
+    x, y = data.test_x.to(device), data.test_y.to(device)
+    batches = eval_batches(x, y, batch_size, mean, std, memory_format=runtime.memory_format)
+    confusion, loss = confusion_and_loss(runtime.prepare(weights.model), batches, len(data.classes))
     weights.model.cpu()
     notes = []
     if weights.kind == "akamaster" and tuple(data.classes) != CIFAR10_CLASSES[: len(data.classes)]:
@@ -580,10 +551,8 @@ def evaluate_path(
     results = []
     for weights in found:
         data_cfg = data_for_run(weights.data, cfg, keys)  # its own unless data=
-        key = repr(sorted(_plain(data_cfg).items()))
+        key = OmegaConf.to_yaml(data_cfg, resolve=True, sort_keys=True)  # each data set once
         if key not in loaded:
-            from resexp.data import load_data
-
             loaded[key] = (load_data(data_cfg), data_cfg)
         data, data_cfg = loaded[key]
         if out is None:
@@ -603,12 +572,11 @@ def evaluate_path(
 
 def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weights], Path | None]:
     """One run's weights, or those of every run of a study matching the claims."""
-    from resexp.analysis.common import find_runs
-    from resexp.rundir import RunDir
+    from resexp.analysis.common import find_runs  # here: resexp.analysis imports every analysis
 
-    if RunDir(path).is_trained():
-        return [weights_from_run(find_runs(path, unfinished=True)[0], claims)], None
     runs = find_runs(path, unfinished=True)
+    if RunDir(path).is_trained():
+        return [weights_from_run(runs[0], claims)], None
     if not runs:
         raise ResexpError(
             f"no runs with a checkpoint under {path}: expected a run folder (config.yaml and "
@@ -622,35 +590,20 @@ def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weig
     return [weights_from_run(r, {}) for r in chosen], path
 
 
-def _plain(node: Any) -> dict:
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(node):
-        return cast(dict, OmegaConf.to_container(node, resolve=True))  # a data config: a dict
-    return dict(node)
-
-
 # ----------------------------------------------------------------------------------------------
 # Writing: evaluation.json, confusion.png, the terminal table
 
 
-def write_evaluation(result: Evaluation) -> list[Path]:
+def write_evaluation(result: Evaluation) -> None:
     """``evaluation.json`` and ``confusion.png`` in the result's folder."""
-    from resexp.rundir import write_json
-
     result.out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = result.out_dir / RESULT_JSON, result.out_dir / CONFUSION_PNG
-    write_json(json_path, result.to_json())
-    plot_confusion(result).savefig(png_path, dpi=120)
-    return [json_path, png_path]
+    write_json(result.out_dir / RESULT_JSON, result.to_json())
+    plot_confusion(result).savefig(result.out_dir / CONFUSION_PNG, dpi=120)
 
 
-def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -> Path:
+def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -> None:
     """One line per run of a study, with where its full evaluation lies."""
-    from resexp.rundir import write_json
-
-    path = out_dir / RESULT_JSON
-    write_json(path, {
+    write_json(out_dir / RESULT_JSON, {
         "format_version": FORMAT_VERSION,
         "study": str(study.absolute()),
         "runs": [{
@@ -664,7 +617,6 @@ def write_study_summary(results: list[Evaluation], out_dir: Path, study: Path) -
             "evaluation": str((r.out_dir / RESULT_JSON).absolute()),
         } for r in results],
     })  # fmt: skip
-    return path
 
 
 def plot_confusion(result: Evaluation):
@@ -700,12 +652,12 @@ def plot_confusion(result: Evaluation):
     return fig
 
 
-def print_report(results: list[Evaluation], console: Any = None) -> None:
+def print_report(results: list[Evaluation]) -> None:
     """One table per network (a study: one line per run), and where the files went."""
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = Console()
     if len(results) > 1:
         table = Table(title="Evaluation", title_justify="left")
         for column in ("run", "iteration", "error %", "loss", "recorded %", "data"):
@@ -743,8 +695,7 @@ def _print_one(r: Evaluation, console: Any) -> None:
     console.print(f"normalisation: {normalization_line(r.normalization)}", highlight=False)
     table = Table(title_justify="left")
     for column in ("class", "images", "error %", "most often taken for"):
-        table.add_column(column, justify="left" if column != "images" and "%" not in column
-                         else "right")  # fmt: skip
+        table.add_column(column, justify="right" if column in ("images", "error %") else "left")
     for row in r.per_class():
         error = row["error"]
         taken = (f"{row['most_confused_with']} ({row['confused_images']})"
@@ -769,14 +720,12 @@ def normalization_line(n: dict[str, Any]) -> str:
 
 def reference_line(reference: dict[str, Any]) -> str:
     """The error the weights were reported with, to read beside the one just measured."""
-    if "published_test_error" in reference or "best_prec1" in reference:
-        parts = []
-        if "published_test_error" in reference:
-            parts.append(f"{reference['published_test_error']:.2f}% published ({AKAMASTER} "
-                         "README)")  # fmt: skip
-        if "best_prec1" in reference:
-            parts.append(f"{reference['test_error_from_best_prec1']:.2f}% from the file's "
-                         "best_prec1")  # fmt: skip
+    parts = []
+    if "published_test_error" in reference:
+        parts.append(f"{reference['published_test_error']:.2f}% published ({AKAMASTER} README)")
+    if "best_prec1" in reference:
+        parts.append(f"{reference['test_error_from_best_prec1']:.2f}% from the file's best_prec1")
+    if parts:
         return "; ".join(parts)
     return (f"{reference['test_error']:.2f}% recorded at iteration {reference['at_iteration']:,} "
             "(summary.json)")  # fmt: skip

@@ -35,7 +35,7 @@ from resexp.analysis.responses import OPTIONS as RESPONSE_OPTIONS
 from resexp.analysis.responses import analyze_responses
 from resexp.analysis.shattering import OPTIONS as SHATTERING_OPTIONS
 from resexp.analysis.shattering import analyze_shattering
-from resexp.config import PROGRESS, Config, close_keys, schema_keys
+from resexp.config import PROGRESS, Config, close_keys, convert, schema_keys, show
 from resexp.errors import ConfigError, ResexpError
 
 __all__ = [
@@ -122,9 +122,9 @@ def help_text() -> str:
     for entry in describe():
         lines.append(f"  {entry['name']:<11} {entry['summary']}")
         for opt in entry["options"]:
-            lines.append(f"      {opt['name']}={_show(opt['default'])}  {opt['help']}")
+            lines.append(f"      {opt['name']}={show(opt['default'])}  {opt['help']}")
     lines += ["", "Common options:"]
-    lines += [f"  {k}={_show(d)}  {h}" for k, (d, h) in COMMON_OPTIONS.items()]
+    lines += [f"  {k}={show(d)}  {h}" for k, (d, h) in COMMON_OPTIONS.items()]
     return "\n".join(lines)
 
 
@@ -159,14 +159,14 @@ def analyze(
             "(`resexp analyze --list` describes them)"
         )
     kwargs = _check_options(name, options)
-    n_images = _as_int("images", images or 0)
-    n_batch = _as_int("batch_size", batch_size)
+    n_images = convert("images", images or 0, like=0)
+    n_batch = convert("batch_size", batch_size, like=1)
     if n_images < 0 or n_batch < 1:
         raise ConfigError("images must be >= 0 (0: all) and batch_size >= 1")
     if progress not in PROGRESS:
         raise ConfigError(f"progress must be one of {', '.join(PROGRESS)}, not {progress!r}")
 
-    include_unfinished: bool = _coerce("unfinished", unfinished, False)
+    include_unfinished: bool = convert("unfinished", unfinished, like=False)
     target = Path(target)
     runs = (
         []
@@ -238,45 +238,4 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
             + (f": did you mean {' or '.join(close)}?" if close else "")
             + f"; its options: {', '.join(valid) or 'none'} (plus {', '.join(COMMON_OPTIONS)})"
         )
-    return {k: _coerce(k, v, valid[k][0]) for k, v in options.items()}
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default``; ConfigError if it does not convert."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError
-                return lowered in ("true", "yes", "1")
-            return bool(value)
-        if isinstance(default, int):
-            return _as_int(key, value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            items = value.split(",") if isinstance(value, str) else value
-            return tuple(int(v) for v in items)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"option {key}={value!r}: expected a value like {_show(default)}"
-        ) from None
-
-
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"option {key}={value!r}: expected an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}={value!r}: expected an integer") from None
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+    return {k: convert(k, v, like=valid[k][0]) for k, v in options.items()}

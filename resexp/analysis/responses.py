@@ -112,7 +112,9 @@ def analyze_responses(
             per_run[run] = [s for _, s in stds]
             layer_names[run] = [name for name, _ in stds]
             for i, (name, s) in enumerate(stds, start=1):
-                rows.append(_row(run, iteration, i, name, s))
+                rows.append(
+                    {**run.identity, "iteration": iteration, "layer": i, "name": name, "std": s}
+                )
                 out.writer.add_scalar(f"responses/{run.arch}/seed{run.seed}", s, i)
             steps.tick(f"{run.label}: mean std {sum(per_run[run]) / len(stds):.3f}")
 
@@ -159,16 +161,6 @@ def analyze_responses(
             "checks": out.checks,
         },
     )
-
-
-def _row(run: Run, iteration: int, layer: int, name: str, std: float) -> dict:
-    return {
-        **run.identity,
-        "iteration": iteration,
-        "layer": layer,
-        "name": name,
-        "std": std,
-    }
 
 
 def _plot(out: Output, runs: list[Run], per_run: dict[Run, list[float]]) -> None:

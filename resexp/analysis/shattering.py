@@ -32,9 +32,11 @@ from resexp.analysis.common import (
     Output,
     Run,
     Settings,
+    batches,
     group_by_arch,
     line_style,
     new_figure,
+    pairs_by_depth,
 )
 from resexp.compare.figure import depth_colors
 
@@ -96,13 +98,7 @@ class ScalarNet(nn.Module):
 
 def input_gradients(net: nn.Module, x: Tensor) -> Tensor:
     """dy/dx at each input of ``x`` (N, 1), after fixing BN to the statistics of ``x``."""
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-    net.train()
-    with torch.no_grad():
-        net(x)  # one pass: the running statistics become those of x
-    net.eval()
+    calibrate_bn(net, x, len(x))  # one pass, and eval mode
     x = x.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(net(x).sum(), x)  # eval-mode BN: row i depends on x_i only
     return grad.flatten()
@@ -342,8 +338,8 @@ def calibrate_bn(model: nn.Module, x: Tensor, batch_size: int) -> None:
             m.reset_running_stats()
             saved[m], m.momentum = m.momentum, None  # cumulative average over the batches
     model.train()
-    for start in range(0, len(x), batch_size):
-        model(x[start : start + batch_size])
+    for xb, _ in batches(x, x, batch_size):
+        model(xb)
     for m, momentum in saved.items():
         m.momentum = momentum
     model.eval()
@@ -417,13 +413,7 @@ def _cifar(
     fig.suptitle("d logit / dt along a line between two test images (plain dashed, ResNet solid)")
     out.figure(fig, "shattering_cifar")
 
-    by_depth: dict[int, dict[bool, float]] = {}
-    for run in runs:
-        if run.block == "basic":
-            by_depth.setdefault(run.depth, {})[run.residual] = result[run.label]["initialization"][
-                "lag1"
-            ]
-    pairs = {d: (v[False], v[True]) for d, v in sorted(by_depth.items()) if len(v) == 2}
+    pairs = pairs_by_depth({run: result[run.label]["initialization"]["lag1"] for run in runs})
     out.check(
         "CIFAR nets at init: a ResNet's gradients are less shattered than its plain twin's",
         "lag-1 autocorrelation along the image line: resnet >= plain at every depth",

@@ -26,7 +26,7 @@ from typing import Any
 
 from resexp.analysis.common import DataCache, Output, Settings, find_runs
 from resexp.analysis.gradients import OPTIONS as GRADIENT_OPTIONS
-from resexp.analysis.gradients import analyze_gradients, log_gradient_stats
+from resexp.analysis.gradients import analyze_gradients
 from resexp.analysis.landscape import OPTIONS as LANDSCAPE_OPTIONS
 from resexp.analysis.landscape import analyze_landscape
 from resexp.analysis.lesion import OPTIONS as LESION_OPTIONS
@@ -47,7 +47,6 @@ __all__ = [
     "describe",
     "help_text",
     "is_train_key",
-    "log_gradient_stats",
     "parse_options",
 ]
 

@@ -157,23 +157,13 @@ def analyze_shattering(
                 stacked = torch.stack(curves)
                 acf[residual, depth] = stacked.nanmean(0)
                 lag1[residual, depth] = stacked[:, 1].tolist()
-                kind = "resnet" if residual else "plain"
-                steps.tick(f"{kind} L={depth}: lag-1 {float(acf[residual, depth][1]):.3f}")
-                out.writer.add_scalar(
-                    f"shattering/lag1_{kind}", float(acf[residual, depth][1]), depth
-                )
+                kind, r1 = "resnet" if residual else "plain", float(acf[residual, depth][1])
+                steps.tick(f"{kind} L={depth}: lag-1 {r1:.3f}")
+                out.writer.add_scalar(f"shattering/lag1_{kind}", r1, depth)
 
-    rows = [
-        {
-            "net": "scalar",
-            "kind": "resnet" if res else "plain",
-            "depth": d,
-            "lag": k,
-            "autocorrelation": float(v),
-        }
-        for (res, d), curve in acf.items()
-        for k, v in enumerate(curve.tolist())
-    ]
+    rows = []
+    for (res, d), curve in acf.items():
+        rows += _acf_rows("scalar", "resnet" if res else "plain", d, curve)
     summary = _checks(out, depths, acf)
     _plot_scalar(out, depths, acf, examples, x.cpu().flatten())
 
@@ -244,6 +234,14 @@ def _checks(out: Output, depths: tuple[int, ...], acf: dict) -> dict:
         SOURCE,
     )
     return {"plain_factor_per_layer": base, "resnet_power_exponent": p, "noise_level": NOISE_LEVEL}
+
+
+def _acf_rows(net: str, kind: str, depth: int, curve: Tensor) -> list[dict]:
+    """The CSV rows of one autocorrelation curve, one per lag."""
+    return [
+        {"net": net, "kind": kind, "depth": depth, "lag": k, "autocorrelation": v}
+        for k, v in enumerate(curve.tolist())
+    ]
 
 
 def _versus_sqrt(p: float) -> str:
@@ -369,31 +367,14 @@ def _cifar(
                 "iteration": iteration,
                 "image_pairs": n_pairs,
             }
+            # images 2i and 2i + 1, the logit of the first one's class; averaged over pairs
+            lines = [(x[2 * i], x[2 * i + 1], int(y[2 * i])) for i in range(n_pairs)]
             for state, model in (("initialization", init), ("trained", trained)):
-                # images 2i and 2i + 1, the logit of the first one's class; averaged over pairs
-                r = torch.stack(
-                    [
-                        autocorrelation(
-                            line_gradients(
-                                model, x[2 * i], x[2 * i + 1], points, int(y[2 * i])
-                            ).cpu(),
-                            max_lag,
-                        )
-                        for i in range(n_pairs)
-                    ]
-                ).nanmean(0)
+                grads = [line_gradients(model, a, b, points, logit).cpu() for a, b, logit in lines]
+                r = torch.stack([autocorrelation(g, max_lag) for g in grads]).nanmean(0)
                 curves[run, state] = r
                 entry[state] = {"lag1": float(r[1]), "autocorrelation": r.tolist()}
-                rows += [
-                    {
-                        "net": run.label,
-                        "kind": state,
-                        "depth": run.depth,
-                        "lag": k,
-                        "autocorrelation": float(v),
-                    }
-                    for k, v in enumerate(r.tolist())
-                ]
+                rows += _acf_rows(run.label, state, run.depth, r)
             result[run.label] = entry
             steps.tick(f"{run.label}: lag-1 init {entry['initialization']['lag1']:.3f}")
 

@@ -169,10 +169,7 @@ def analyze_landscape(
                 "error_1d": err_1d.tolist(),
                 "nonconvex_fraction_1d": nonconvex_fraction_1d(loss_1d),
             }
-            rows += [
-                _row(run, "1d", a, 0.0, lo, e)
-                for a, lo, e in zip(alphas.tolist(), loss_1d.tolist(), err_1d.tolist(), strict=True)
-            ]
+            rows += _rows(run, "1d", alphas[:, None], loss_1d, err_1d)
             if steps_2d:
                 loss_2d, err_2d = loss_surface(model, [d1, d2], plane, x, y, bs, steps.tick)
                 loss_2d, err_2d = loss_2d.view(steps_2d, steps_2d), err_2d.view(steps_2d, steps_2d)
@@ -182,15 +179,7 @@ def analyze_landscape(
                     error_2d=err_2d.tolist(),
                     nonconvex_fraction_2d=nonconvex_fraction_2d(loss_2d),
                 )
-                rows += [
-                    _row(run, "2d", a, b, lo, e)
-                    for (a, b), lo, e in zip(
-                        plane.tolist(),
-                        loss_2d.flatten().tolist(),
-                        err_2d.flatten().tolist(),
-                        strict=True,
-                    )
-                ]
+                rows += _rows(run, "2d", plane, loss_2d, err_2d)
             for i, v in enumerate(loss_1d.tolist()):
                 out.writer.add_scalar(f"landscape/{run.arch}/seed{run.seed}/loss_1d", v, i)
             results[run] = result
@@ -226,15 +215,14 @@ def analyze_landscape(
     )
 
 
-def _row(run: Run, kind: str, a: float, b: float, loss: float, error: float) -> dict:
-    return {
-        **run.identity,
-        "kind": kind,
-        "alpha": a,
-        "beta": b,
-        "loss": loss,
-        "error": error,
-    }
+def _rows(run: Run, kind: str, coords: Tensor, loss: Tensor, error: Tensor) -> list[dict]:
+    """The CSV rows of a line (``coords`` (points, 1): beta 0) or a plane (points, 2)."""
+    ab = coords if coords.shape[1] == 2 else torch.cat([coords, torch.zeros_like(coords)], 1)
+    points = zip(ab.tolist(), loss.flatten().tolist(), error.flatten().tolist(), strict=True)
+    return [
+        {**run.identity, "kind": kind, "alpha": a, "beta": b, "loss": lo, "error": e}
+        for (a, b), lo, e in points
+    ]
 
 
 def _plot_1d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:

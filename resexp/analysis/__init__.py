@@ -24,17 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from resexp.analysis import gradients, landscape, lesion, responses, shattering
 from resexp.analysis.common import DataCache, Output, Settings, find_runs
-from resexp.analysis.gradients import OPTIONS as GRADIENT_OPTIONS
-from resexp.analysis.gradients import analyze_gradients
-from resexp.analysis.landscape import OPTIONS as LANDSCAPE_OPTIONS
-from resexp.analysis.landscape import analyze_landscape
-from resexp.analysis.lesion import OPTIONS as LESION_OPTIONS
-from resexp.analysis.lesion import analyze_lesion
-from resexp.analysis.responses import OPTIONS as RESPONSE_OPTIONS
-from resexp.analysis.responses import analyze_responses
-from resexp.analysis.shattering import OPTIONS as SHATTERING_OPTIONS
-from resexp.analysis.shattering import analyze_shattering
 from resexp.config import PROGRESS, Config, close_keys, convert, schema_keys, show
 from resexp.errors import ConfigError, ResexpError
 
@@ -54,20 +45,20 @@ log = logging.getLogger("resexp.analysis")
 
 # name -> function(runs, out, settings, **options)
 ANALYSES: dict[str, Callable[..., None]] = {
-    "responses": analyze_responses,
-    "gradients": analyze_gradients,
-    "lesion": analyze_lesion,
-    "landscape": analyze_landscape,
-    "shattering": analyze_shattering,
+    "responses": responses.analyze_responses,
+    "gradients": gradients.analyze_gradients,
+    "lesion": lesion.analyze_lesion,
+    "landscape": landscape.analyze_landscape,
+    "shattering": shattering.analyze_shattering,
 }
 
 # name -> {option: (default, help)}: the options each analysis takes besides the common ones
 OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
-    "responses": RESPONSE_OPTIONS,
-    "gradients": GRADIENT_OPTIONS,
-    "lesion": LESION_OPTIONS,
-    "landscape": LANDSCAPE_OPTIONS,
-    "shattering": SHATTERING_OPTIONS,
+    "responses": responses.OPTIONS,
+    "gradients": gradients.OPTIONS,
+    "lesion": lesion.OPTIONS,
+    "landscape": landscape.OPTIONS,
+    "shattering": shattering.OPTIONS,
 }
 
 # Analyses that measure networks at initialization and can run without trained runs.

@@ -87,11 +87,9 @@ def is_train_key(key: str) -> bool:
 
 def describe() -> list[dict[str, Any]]:
     """Each analysis: name, one-line summary, source, whether it needs runs, and its options."""
-    import sys
-
     entries = []
     for name, function in ANALYSES.items():
-        module = sys.modules[function.__module__]
+        module = inspect.getmodule(function)
         entries.append(
             {
                 "name": name,

@@ -437,13 +437,17 @@ def line_style(residual: bool) -> str:
     return "-" if residual else "--"
 
 
+def run_style(run: Run, colors: dict[int, Any], lw: float = 1.3) -> dict[str, Any]:
+    """A run's line: the colour of its depth (``colors``), plain dashed, residual solid."""
+    return {"color": colors[run.depth], "linestyle": line_style(run.residual), "lw": lw}
+
+
 def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
     """A matplotlib Figure (no pyplot state, no GUI backend) and its axes grid."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    return fig, axes
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def group_by_arch(runs: Sequence[Run]) -> dict[str, list[Run]]:

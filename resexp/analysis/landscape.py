@@ -30,9 +30,9 @@ from resexp.analysis.common import (
     Settings,
     batches,
     group_by_arch,
-    line_style,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
@@ -187,7 +187,7 @@ def analyze_landscape(
     out.csv("landscape", rows)
     _plot_1d(out, runs, results)
     if steps_2d:
-        _plot_2d(out, runs, results)
+        _plot_2d(out, results)
 
     key = "nonconvex_fraction_2d" if steps_2d else "nonconvex_fraction_1d"
     pairs = pairs_by_depth({run: r[key] for run, r in results.items()})
@@ -233,7 +233,7 @@ def _plot_1d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
         for run, r in results.items():
             if run.depth != depth:
                 continue
-            style = {"color": colors[depth], "linestyle": line_style(run.residual), "lw": 1.4}
+            style = run_style(run, colors, lw=1.4)
             axes[0, col].plot(r["alphas"], r["loss_1d"], label=run.label, **style)
             axes[1, col].plot(r["alphas"], r["error_1d"], label=run.label, **style)
         axes[0, col].set(title=f"depth {depth}", ylabel="training loss", yscale="log")
@@ -245,7 +245,7 @@ def _plot_1d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
     out.figure(fig, "landscape_1d")
 
 
-def _plot_2d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
+def _plot_2d(out: Output, results: dict[Run, dict]) -> None:
     depths = sorted({r.depth for r in results})
     kinds = sorted({(r.block, r.residual) for r in results})  # plain before residual
     fig, axes = new_figure(len(depths), len(kinds), size=(3.7, 3.4))

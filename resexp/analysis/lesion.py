@@ -32,10 +32,10 @@ from resexp.analysis.common import (
     batches,
     group_by_arch,
     integer_ticks,
-    line_style,
     log,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
@@ -286,7 +286,7 @@ def _plot(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
     ax_single, ax_k = axes[0]
     for arch, group in group_by_arch(runs).items():
         run = group[0]
-        style = {"color": colors[run.depth], "linestyle": line_style(run.residual), "lw": 1.3}
+        style = run_style(run, colors)
         single = torch.tensor([results[r]["single_block_errors"] for r in group]).mean(0)
         blocks = range(1, len(single) + 1)
         ax_single.plot(blocks, single, marker="o", ms=3, label=arch, **style)

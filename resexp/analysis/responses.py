@@ -27,9 +27,9 @@ from resexp.analysis.common import (
     batches,
     group_by_arch,
     integer_ticks,
-    line_style,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
@@ -169,7 +169,7 @@ def _plot(out: Output, runs: list[Run], per_run: dict[Run, list[float]]) -> None
     for arch, group in group_by_arch(runs).items():
         stds = torch.tensor([per_run[r] for r in group]).mean(0)  # mean over seeds
         run = group[0]
-        style = {"color": colors[run.depth], "linestyle": line_style(run.residual), "lw": 1.3}
+        style = run_style(run, colors)
         layer = range(1, len(stds) + 1)
         axes[0, 0].plot(layer, stds, label=arch, **style)
         axes[0, 1].plot(layer, stds.sort(descending=True).values, label=arch, **style)

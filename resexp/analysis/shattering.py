@@ -37,6 +37,7 @@ from resexp.analysis.common import (
     line_style,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 
@@ -382,12 +383,7 @@ def _cifar(
     colors = depth_colors([r.depth for r in runs])
     for col, state in enumerate(("initialization", "trained")):
         for run in runs:
-            axes[0, col].plot(
-                curves[run, state],
-                color=colors[run.depth],
-                linestyle=line_style(run.residual),
-                label=run.arch,
-            )
+            axes[0, col].plot(curves[run, state], label=run.arch, **run_style(run, colors, lw=1.5))
         axes[0, col].set(title=f"CIFAR nets, {state}", xlabel="lag", ylabel="autocorrelation")
         axes[0, col].legend(fontsize=7)
         axes[0, col].grid(alpha=0.3)

@@ -296,10 +296,9 @@ def show(value: Any) -> str:
 
 
 def convert(key: str, value: Any, like: Any) -> Any:
-    """An option's ``value`` (a string from the command line, or already typed) as the type of
-    ``like``, its default: ``true``/``yes``/``1`` for a bool, ``2,4,8`` for a tuple of ints.
-    ConfigError if it does not convert. (``resexp train``'s keys are typed by Hydra, from the
-    schema above; this is for ``resexp analyze``'s own options.)"""
+    """An analysis option's ``value`` (a string, or typed) as the type of ``like``: ``true``,
+    ``yes`` or ``1`` for a bool, ``2,4,8`` for a tuple of ints; ConfigError if it does not
+    convert. (``resexp train``'s keys are typed by Hydra, from the schema above.)"""
     expected = f"a value like {show(like)}"
     try:
         if isinstance(like, bool):

@@ -10,10 +10,7 @@
 the analysis and writes into ``<target>/analysis/<name>/``: a PNG per figure, the numbers as CSV
 and JSON, and the figures as TensorBoard images (``tensorboard/``). The JSON's ``checks`` list,
 also logged, puts what the literature expects next to what was measured: "expected: ...;
-measured: ...; agrees: yes/no".
-
-Of ``resexp train``'s keys, an analysis takes those that say where and on what it runs
-(``TRAIN_KEYS``), with train's defaults and checks.
+measured: ...; agrees: yes/no". Of ``resexp train``'s keys, it takes ``TRAIN_KEYS``.
 """
 
 from __future__ import annotations
@@ -75,8 +72,9 @@ COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "progress": (Config.progress, "auto (a bar on a terminal, lines otherwise), bar, lines, none"),
     "data": ("(each run's own)", "another source; data.KEY=VALUE: one setting of each run's"),
 }
-# resexp train's keys an analysis takes (and data.KEY): where and on what it runs. The others
-# (precision, compile, ...) do not apply: analyses measure each run's network in fp32, eager.
+# resexp train's keys an analysis takes (and data.KEY), with train's defaults and checks: where
+# and on what it runs. The others (precision, compile, ...) do not apply: analyses measure each
+# run's network in fp32, eager.
 TRAIN_KEYS = ("device", "threads", "progress", "data")
 
 

@@ -3,9 +3,8 @@ Problem: If resnets are the answer, then what is the question?" (arXiv 1702.0859
 
 Networks that map a scalar to a scalar, at initialization: ``depth`` hidden layers of 200 ReLU
 units with BN, He-initialized, either plain (h <- relu(BN(W h))) or residual with pre-activation
-blocks (h <- h + W relu(BN(h))) after the input layer. The twins match layer for layer: ``depth``
-weight layers and ``depth`` BN + ReLU pairs between input and output, the same parameters.
-The gradient dy/dx is taken at 256 inputs evenly spaced in [-2, 2] (Balduzzi et al.'s setting).
+blocks (h <- h + W relu(BN(h))) after the input layer; twins layer for layer (``ScalarNet``). The
+gradient dy/dx is taken at 256 inputs evenly spaced in [-2, 2] (Balduzzi et al.'s setting).
 BN uses the statistics of those 256 inputs, frozen after one pass (eval mode), so that each
 point's gradient is that of one fixed function, without the batch's cross terms.
 

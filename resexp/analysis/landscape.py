@@ -253,19 +253,17 @@ def _plot_2d(out: Output, results: dict[Run, dict]) -> None:
     lo = math.log10(max(float(all_loss.min()), 1e-6))
     hi = max(math.log10(float(all_loss.max())), lo + 0.1)
     levels = torch.linspace(lo, hi, 25).tolist()  # the same levels in every panel
+    panels: dict[tuple, tuple[Run, dict]] = {}  # (depth, block, residual): its first run
+    for run, r in results.items():
+        panels.setdefault((run.depth, run.block, run.residual), (run, r))
     contours = None
     for row, depth in enumerate(depths):
         for col, kind in enumerate(kinds):
-            ax = axes[row, col]
-            found = [
-                (run, r)
-                for run, r in results.items()
-                if (run.block, run.residual) == kind and run.depth == depth
-            ]
-            if not found:
+            ax, key = axes[row, col], (depth, *kind)
+            if key not in panels:
                 ax.set_axis_off()
                 continue
-            run, r = found[0]
+            run, r = panels[key]
             g = r["grid"]
             z = torch.tensor(r["loss_2d"]).clamp_min(1e-6).log10().T  # rows: beta, cols: alpha
             contours = ax.contour(g, g, z.numpy(), levels=levels, cmap="viridis", linewidths=0.9)

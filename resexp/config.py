@@ -229,7 +229,7 @@ def validate(cfg: Any) -> None:
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key, default=None)
-            problems.append(f"{key}={_show(value)}: {what}")
+            problems.append(f"{key}={show(value)}: {what}")
 
     need(
         bool(NAME.fullmatch(str(cfg.name))),
@@ -283,9 +283,40 @@ def validate(cfg: Any) -> None:
         raise ConfigError("; ".join(problems))
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
+    """``value`` as the command line writes it: ``[0.5,0.75]`` for a list, ``2,4,8`` for an
+    analysis's tuple, ``true`` for a bool."""
     if OmegaConf.is_config(value):
         value = OmegaConf.to_container(value)
     if isinstance(value, list):
         return "[" + ",".join(str(v) for v in value) + "]"
-    return str(value)
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def convert(key: str, value: Any, like: Any) -> Any:
+    """An analysis option's ``value`` (a string, or typed) as the type of ``like``: ``true``,
+    ``yes`` or ``1`` for a bool, ``2,4,8`` for a tuple of ints; ConfigError if it does not
+    convert. (``resexp train``'s keys are typed by Hydra, from the schema above.)"""
+    expected = f"a value like {show(like)}"
+    try:
+        if isinstance(like, bool):
+            if not isinstance(value, str):
+                return bool(value)
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0"):
+                raise ValueError
+            return lowered in ("true", "yes", "1")
+        if isinstance(like, int):
+            expected = "an integer"
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if isinstance(like, float):
+            return float(value)
+        if isinstance(like, tuple):
+            return tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key}={value!r}: expected {expected}") from None

@@ -10,10 +10,7 @@
 the analysis and writes into ``<target>/analysis/<name>/``: a PNG per figure, the numbers as CSV
 and JSON, and the figures as TensorBoard images (``tensorboard/``). The JSON's ``checks`` list,
 also logged, puts what the literature expects next to what was measured: "expected: ...;
-measured: ...; agrees: yes/no".
-
-Of ``resexp train``'s keys, an analysis takes those that say where and on what it runs
-(``TRAIN_KEYS``), with train's defaults and checks.
+measured: ...; agrees: yes/no". Of ``resexp train``'s keys, it takes ``TRAIN_KEYS``.
 """
 
 from __future__ import annotations
@@ -24,18 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from resexp.analysis import gradients, landscape, lesion, responses, shattering
 from resexp.analysis.common import DataCache, Output, Settings, find_runs
-from resexp.analysis.gradients import OPTIONS as GRADIENT_OPTIONS
-from resexp.analysis.gradients import analyze_gradients, log_gradient_stats
-from resexp.analysis.landscape import OPTIONS as LANDSCAPE_OPTIONS
-from resexp.analysis.landscape import analyze_landscape
-from resexp.analysis.lesion import OPTIONS as LESION_OPTIONS
-from resexp.analysis.lesion import analyze_lesion
-from resexp.analysis.responses import OPTIONS as RESPONSE_OPTIONS
-from resexp.analysis.responses import analyze_responses
-from resexp.analysis.shattering import OPTIONS as SHATTERING_OPTIONS
-from resexp.analysis.shattering import analyze_shattering
-from resexp.config import PROGRESS, Config, close_keys, schema_keys
+from resexp.config import PROGRESS, Config, close_keys, convert, schema_keys, show
 from resexp.errors import ConfigError, ResexpError
 
 __all__ = [
@@ -47,7 +35,6 @@ __all__ = [
     "describe",
     "help_text",
     "is_train_key",
-    "log_gradient_stats",
     "parse_options",
 ]
 
@@ -55,20 +42,20 @@ log = logging.getLogger("resexp.analysis")
 
 # name -> function(runs, out, settings, **options)
 ANALYSES: dict[str, Callable[..., None]] = {
-    "responses": analyze_responses,
-    "gradients": analyze_gradients,
-    "lesion": analyze_lesion,
-    "landscape": analyze_landscape,
-    "shattering": analyze_shattering,
+    "responses": responses.analyze_responses,
+    "gradients": gradients.analyze_gradients,
+    "lesion": lesion.analyze_lesion,
+    "landscape": landscape.analyze_landscape,
+    "shattering": shattering.analyze_shattering,
 }
 
 # name -> {option: (default, help)}: the options each analysis takes besides the common ones
 OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
-    "responses": RESPONSE_OPTIONS,
-    "gradients": GRADIENT_OPTIONS,
-    "lesion": LESION_OPTIONS,
-    "landscape": LANDSCAPE_OPTIONS,
-    "shattering": SHATTERING_OPTIONS,
+    "responses": responses.OPTIONS,
+    "gradients": gradients.OPTIONS,
+    "lesion": lesion.OPTIONS,
+    "landscape": landscape.OPTIONS,
+    "shattering": shattering.OPTIONS,
 }
 
 # Analyses that measure networks at initialization and can run without trained runs.
@@ -85,8 +72,9 @@ COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "progress": (Config.progress, "auto (a bar on a terminal, lines otherwise), bar, lines, none"),
     "data": ("(each run's own)", "another source; data.KEY=VALUE: one setting of each run's"),
 }
-# resexp train's keys an analysis takes (and data.KEY): where and on what it runs. The others
-# (precision, compile, ...) do not apply: analyses measure each run's network in fp32, eager.
+# resexp train's keys an analysis takes (and data.KEY), with train's defaults and checks: where
+# and on what it runs. The others (precision, compile, ...) do not apply: analyses measure each
+# run's network in fp32, eager.
 TRAIN_KEYS = ("device", "threads", "progress", "data")
 
 
@@ -97,11 +85,9 @@ def is_train_key(key: str) -> bool:
 
 def describe() -> list[dict[str, Any]]:
     """Each analysis: name, one-line summary, source, whether it needs runs, and its options."""
-    import sys
-
     entries = []
     for name, function in ANALYSES.items():
-        module = sys.modules[function.__module__]
+        module = inspect.getmodule(function)
         entries.append(
             {
                 "name": name,
@@ -122,9 +108,9 @@ def help_text() -> str:
     for entry in describe():
         lines.append(f"  {entry['name']:<11} {entry['summary']}")
         for opt in entry["options"]:
-            lines.append(f"      {opt['name']}={_show(opt['default'])}  {opt['help']}")
+            lines.append(f"      {opt['name']}={show(opt['default'])}  {opt['help']}")
     lines += ["", "Common options:"]
-    lines += [f"  {k}={_show(d)}  {h}" for k, (d, h) in COMMON_OPTIONS.items()]
+    lines += [f"  {k}={show(d)}  {h}" for k, (d, h) in COMMON_OPTIONS.items()]
     return "\n".join(lines)
 
 
@@ -159,14 +145,14 @@ def analyze(
             "(`resexp analyze --list` describes them)"
         )
     kwargs = _check_options(name, options)
-    n_images = _as_int("images", images or 0)
-    n_batch = _as_int("batch_size", batch_size)
+    n_images = convert("images", images or 0, like=0)
+    n_batch = convert("batch_size", batch_size, like=1)
     if n_images < 0 or n_batch < 1:
         raise ConfigError("images must be >= 0 (0: all) and batch_size >= 1")
     if progress not in PROGRESS:
         raise ConfigError(f"progress must be one of {', '.join(PROGRESS)}, not {progress!r}")
 
-    include_unfinished: bool = _coerce("unfinished", unfinished, False)
+    include_unfinished: bool = convert("unfinished", unfinished, like=False)
     target = Path(target)
     runs = (
         []
@@ -238,45 +224,4 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
             + (f": did you mean {' or '.join(close)}?" if close else "")
             + f"; its options: {', '.join(valid) or 'none'} (plus {', '.join(COMMON_OPTIONS)})"
         )
-    return {k: _coerce(k, v, valid[k][0]) for k, v in options.items()}
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """``value`` converted to the type of ``default``; ConfigError if it does not convert."""
-    try:
-        if isinstance(default, bool):
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in ("true", "false", "yes", "no", "1", "0"):
-                    raise ValueError
-                return lowered in ("true", "yes", "1")
-            return bool(value)
-        if isinstance(default, int):
-            return _as_int(key, value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, tuple):
-            items = value.split(",") if isinstance(value, str) else value
-            return tuple(int(v) for v in items)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"option {key}={value!r}: expected a value like {_show(default)}"
-        ) from None
-
-
-def _as_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"option {key}={value!r}: expected an integer")
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}={value!r}: expected an integer") from None
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+    return {k: convert(k, v, like=valid[k][0]) for k, v in options.items()}

@@ -30,6 +30,8 @@ from resexp.tracking import Progress
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
+    from resexp.data import ImageData
+
 log = logging.getLogger("resexp.analysis")
 
 
@@ -217,22 +219,19 @@ def balanced_sample(y: Tensor, images: int | None, seed: int = SAMPLE_SEED) -> T
 class RunData:
     """A run's images (uint8, on the analysis device) and its normalisation constants."""
 
-    train_x: Tensor
-    train_y: Tensor
-    test_x: Tensor
-    test_y: Tensor
+    images: ImageData
     mean: Tensor
     std: Tensor
-    description: str
     samples: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # drawn so far
 
     def subset(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
         """A seeded, class-balanced sample of ``images`` images of ``split`` (see
         ``balanced_sample``; None or 0: all of them), recorded in ``samples``."""
-        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        d = self.images
+        x, y = (d.train_x, d.train_y) if split == "train" else (d.test_x, d.test_y)
         index = balanced_sample(y, images).to(y.device)
         x, y = x[index], y[index]
-        per_class = torch.bincount(y.cpu(), minlength=int(self.test_y.max()) + 1).tolist()
+        per_class = torch.bincount(y.cpu(), minlength=int(d.test_y.max()) + 1).tolist()
         self.samples[(split, len(y))] = {
             "split": split,
             "images": len(y),
@@ -267,16 +266,7 @@ class DataCache:
             cfg = self.data_for(run.config["data"]) if self.data_for else run.config["data"]
             data = load_data(OmegaConf.create(cfg)).to(self.device)
             mean, std = mean_std(data.train_x, cfg.get("normalize", "pixel_mean"))
-            self._loaded[key] = RunData(
-                data.train_x,
-                data.train_y,
-                data.test_x,
-                data.test_y,
-                mean,
-                std,
-                data.description,
-                self.samples,
-            )
+            self._loaded[key] = RunData(data, mean, std, self.samples)
         return self._loaded[key]
 
 
@@ -285,7 +275,7 @@ class Settings:
     """The settings every analysis takes: where it runs and how many images it looks at."""
 
     runtime: Runtime  # fp32, eager, contiguous: measurements, not speed
-    images: int | None  # test images (the first ones); None or 0: all of them
+    images: int | None  # test images: a balanced sample (RunData.subset); None or 0: all
     batch_size: int
     data: DataCache
 
@@ -447,13 +437,17 @@ def line_style(residual: bool) -> str:
     return "-" if residual else "--"
 
 
+def run_style(run: Run, colors: dict[int, Any], lw: float = 1.3) -> dict[str, Any]:
+    """A run's line: the colour of its depth (``colors``), plain dashed, residual solid."""
+    return {"color": colors[run.depth], "linestyle": line_style(run.residual), "lw": lw}
+
+
 def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (5.0, 3.6)):
     """A matplotlib Figure (no pyplot state, no GUI backend) and its axes grid."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    return fig, axes
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def group_by_arch(runs: Sequence[Run]) -> dict[str, list[Run]]:

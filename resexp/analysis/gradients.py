@@ -27,9 +27,9 @@ from resexp.analysis.common import (
     Run,
     Settings,
     integer_ticks,
-    line_style,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.tracking import log_gradient_stats  # noqa: F401  (re-exported)
@@ -175,14 +175,8 @@ def _plot(
             labelled.add(run.arch)
             if label and state != "initialization":
                 label += f" (it {iteration})"
-            ax.plot(
-                range(1, len(norms) + 1),
-                [max(n, 1e-30) for n in norms],
-                color=colors[run.depth],
-                linestyle=line_style(run.residual),
-                lw=1.3,
-                label=label,
-            )
+            y = [max(n, 1e-30) for n in norms]
+            ax.plot(range(1, len(norms) + 1), y, label=label, **run_style(run, colors))
         ax.set_yscale("log")
         integer_ticks(ax)
         ax.set(xlabel="conv layer (input -> output)", ylabel="||dL/dW||", title=state)

@@ -30,9 +30,9 @@ from resexp.analysis.common import (
     Settings,
     batches,
     group_by_arch,
-    line_style,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
@@ -169,10 +169,7 @@ def analyze_landscape(
                 "error_1d": err_1d.tolist(),
                 "nonconvex_fraction_1d": nonconvex_fraction_1d(loss_1d),
             }
-            rows += [
-                _row(run, "1d", a, 0.0, lo, e)
-                for a, lo, e in zip(alphas.tolist(), loss_1d.tolist(), err_1d.tolist(), strict=True)
-            ]
+            rows += _rows(run, "1d", alphas[:, None], loss_1d, err_1d)
             if steps_2d:
                 loss_2d, err_2d = loss_surface(model, [d1, d2], plane, x, y, bs, steps.tick)
                 loss_2d, err_2d = loss_2d.view(steps_2d, steps_2d), err_2d.view(steps_2d, steps_2d)
@@ -182,15 +179,7 @@ def analyze_landscape(
                     error_2d=err_2d.tolist(),
                     nonconvex_fraction_2d=nonconvex_fraction_2d(loss_2d),
                 )
-                rows += [
-                    _row(run, "2d", a, b, lo, e)
-                    for (a, b), lo, e in zip(
-                        plane.tolist(),
-                        loss_2d.flatten().tolist(),
-                        err_2d.flatten().tolist(),
-                        strict=True,
-                    )
-                ]
+                rows += _rows(run, "2d", plane, loss_2d, err_2d)
             for i, v in enumerate(loss_1d.tolist()):
                 out.writer.add_scalar(f"landscape/{run.arch}/seed{run.seed}/loss_1d", v, i)
             results[run] = result
@@ -198,7 +187,7 @@ def analyze_landscape(
     out.csv("landscape", rows)
     _plot_1d(out, runs, results)
     if steps_2d:
-        _plot_2d(out, runs, results)
+        _plot_2d(out, results)
 
     key = "nonconvex_fraction_2d" if steps_2d else "nonconvex_fraction_1d"
     pairs = pairs_by_depth({run: r[key] for run, r in results.items()})
@@ -226,15 +215,14 @@ def analyze_landscape(
     )
 
 
-def _row(run: Run, kind: str, a: float, b: float, loss: float, error: float) -> dict:
-    return {
-        **run.identity,
-        "kind": kind,
-        "alpha": a,
-        "beta": b,
-        "loss": loss,
-        "error": error,
-    }
+def _rows(run: Run, kind: str, coords: Tensor, loss: Tensor, error: Tensor) -> list[dict]:
+    """The CSV rows of a line (``coords`` (points, 1): beta 0) or a plane (points, 2)."""
+    ab = coords if coords.shape[1] == 2 else torch.cat([coords, torch.zeros_like(coords)], 1)
+    points = zip(ab.tolist(), loss.flatten().tolist(), error.flatten().tolist(), strict=True)
+    return [
+        {**run.identity, "kind": kind, "alpha": a, "beta": b, "loss": lo, "error": e}
+        for (a, b), lo, e in points
+    ]
 
 
 def _plot_1d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
@@ -245,7 +233,7 @@ def _plot_1d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
         for run, r in results.items():
             if run.depth != depth:
                 continue
-            style = {"color": colors[depth], "linestyle": line_style(run.residual), "lw": 1.4}
+            style = run_style(run, colors, lw=1.4)
             axes[0, col].plot(r["alphas"], r["loss_1d"], label=run.label, **style)
             axes[1, col].plot(r["alphas"], r["error_1d"], label=run.label, **style)
         axes[0, col].set(title=f"depth {depth}", ylabel="training loss", yscale="log")
@@ -257,7 +245,7 @@ def _plot_1d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
     out.figure(fig, "landscape_1d")
 
 
-def _plot_2d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
+def _plot_2d(out: Output, results: dict[Run, dict]) -> None:
     depths = sorted({r.depth for r in results})
     kinds = sorted({(r.block, r.residual) for r in results})  # plain before residual
     fig, axes = new_figure(len(depths), len(kinds), size=(3.7, 3.4))
@@ -265,19 +253,17 @@ def _plot_2d(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
     lo = math.log10(max(float(all_loss.min()), 1e-6))
     hi = max(math.log10(float(all_loss.max())), lo + 0.1)
     levels = torch.linspace(lo, hi, 25).tolist()  # the same levels in every panel
+    panels: dict[tuple, tuple[Run, dict]] = {}  # (depth, block, residual): its first run
+    for run, r in results.items():
+        panels.setdefault((run.depth, run.block, run.residual), (run, r))
     contours = None
     for row, depth in enumerate(depths):
         for col, kind in enumerate(kinds):
-            ax = axes[row, col]
-            found = [
-                (run, r)
-                for run, r in results.items()
-                if (run.block, run.residual) == kind and run.depth == depth
-            ]
-            if not found:
+            ax, key = axes[row, col], (depth, *kind)
+            if key not in panels:
                 ax.set_axis_off()
                 continue
-            run, r = found[0]
+            run, r = panels[key]
             g = r["grid"]
             z = torch.tensor(r["loss_2d"]).clamp_min(1e-6).log10().T  # rows: beta, cols: alpha
             contours = ax.contour(g, g, z.numpy(), levels=levels, cmap="viridis", linewidths=0.9)

@@ -32,10 +32,10 @@ from resexp.analysis.common import (
     batches,
     group_by_arch,
     integer_ticks,
-    line_style,
     log,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
@@ -90,13 +90,10 @@ def single_lesion_errors(
     on_eval: Callable[[str], None] | None = None,
 ) -> list[float]:
     """Test error (%) with each single block removed; NaN where the block cannot be removed."""
-    errors = []
-    for i, ok in enumerate(can_lesion(model)):
-        if not ok:
-            errors.append(math.nan)
-            continue
-        errors.append(lesioned_error(model, [i], x, y, batch_size, on_eval))
-    return errors
+    return [
+        lesioned_error(model, [i], x, y, batch_size, on_eval) if ok else math.nan
+        for i, ok in enumerate(can_lesion(model))
+    ]
 
 
 def lesioned_error(
@@ -154,7 +151,7 @@ def analyze_lesion(
     out.csv("lesion", rows)
     _plot(out, runs, results)
     _checks(out, results)
-    chance = {run: 100.0 * (1 - 1 / _num_classes(run)) for run in runs}
+    chance = {run: 100.0 * (1 - 1 / run.num_classes) for run in runs}
     out.json(
         "lesion",
         {
@@ -212,11 +209,7 @@ def _measure(
 
 def _rows(run: Run, r: dict) -> list[dict]:
     """The CSV rows of one run: one per single-block lesion, one per random draw."""
-    common = {
-        **run.identity,
-        "iteration": r["iteration"],
-        "baseline_error": r["baseline_error"],
-    }
+    common = {**run.identity, "iteration": r["iteration"], "baseline_error": r["baseline_error"]}
     rows = []
     for i, e in enumerate(r["single_block_errors"], start=1):
         note = "downsampling block" if i in r["downsampling_blocks"] else ""
@@ -247,13 +240,6 @@ def _plan(
     return pool, k_max, 1 + sum(ok) + randoms
 
 
-def _num_classes(run: Run) -> int:
-    synthetic = run.config.get("data", {}).get("synthetic", {})
-    if run.config.get("data", {}).get("source") == "synthetic":
-        return int(synthetic.get("num_classes", 10))
-    return 10
-
-
 def _checks(out: Output, results: dict[Run, dict]) -> None:
     increase = {}
     for run, r in results.items():
@@ -275,12 +261,11 @@ def _checks(out: Output, results: dict[Run, dict]) -> None:
         all(r < 0.5 * p for p, r in pairs.values()) if pairs else None,
         SOURCE,
     )
-    smooth = {}
-    for run, r in results.items():
-        if not run.residual or len(r["random_errors"]) < 2:
-            continue
-        means = [r["baseline_error"]] + [sum(v) / len(v) for v in r["random_errors"].values()]
-        smooth[run] = means
+    smooth = {
+        run: [r["baseline_error"]] + [sum(v) / len(v) for v in r["random_errors"].values()]
+        for run, r in results.items()
+        if run.residual and len(r["random_errors"]) >= 2
+    }
     out.check(
         "a ResNet's error grows smoothly with the number of blocks removed",
         "mean error over draws rises with k (no drop of more than 1 point)",
@@ -301,7 +286,7 @@ def _plot(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
     ax_single, ax_k = axes[0]
     for arch, group in group_by_arch(runs).items():
         run = group[0]
-        style = {"color": colors[run.depth], "linestyle": line_style(run.residual), "lw": 1.3}
+        style = run_style(run, colors)
         single = torch.tensor([results[r]["single_block_errors"] for r in group]).mean(0)
         blocks = range(1, len(single) + 1)
         ax_single.plot(blocks, single, marker="o", ms=3, label=arch, **style)
@@ -309,22 +294,13 @@ def _plot(out: Output, runs: list[Run], results: dict[Run, dict]) -> None:
         ax_single.plot(down, [single[d - 1] for d in down], "x", color=colors[run.depth], ms=8)
         base = sum(results[r]["baseline_error"] for r in group) / len(group)
         ax_single.axhline(base, color=colors[run.depth], linestyle=":", lw=0.8)
-        ks = sorted(results[run]["random_errors"])
-        if ks:
-            mean = [
-                sum(results[run]["random_errors"][k]) / len(results[run]["random_errors"][k])
-                for k in ks
-            ]
-            lo = [min(results[run]["random_errors"][k]) for k in ks]
-            hi = [max(results[run]["random_errors"][k]) for k in ks]
-            ax_k.plot(
-                [0, *ks],
-                [results[run]["baseline_error"], *mean],
-                marker="o",
-                ms=3,
-                label=f"{run.label}",
-                **style,
-            )
+        randoms = results[run]["random_errors"]  # k -> errors of the draws, of the first seed
+        if randoms:
+            ks = sorted(randoms)
+            mean = [sum(randoms[k]) / len(randoms[k]) for k in ks]
+            intact = results[run]["baseline_error"]
+            ax_k.plot([0, *ks], [intact, *mean], marker="o", ms=3, label=run.label, **style)
+            lo, hi = [min(randoms[k]) for k in ks], [max(randoms[k]) for k in ks]
             ax_k.fill_between(ks, lo, hi, color=colors[run.depth], alpha=0.12)
     ax_single.set(
         xlabel="removed block (x: downsampling block)",

@@ -27,9 +27,9 @@ from resexp.analysis.common import (
     batches,
     group_by_arch,
     integer_ticks,
-    line_style,
     new_figure,
     pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 from resexp.errors import ConfigError
@@ -112,7 +112,9 @@ def analyze_responses(
             per_run[run] = [s for _, s in stds]
             layer_names[run] = [name for name, _ in stds]
             for i, (name, s) in enumerate(stds, start=1):
-                rows.append(_row(run, iteration, i, name, s))
+                rows.append(
+                    {**run.identity, "iteration": iteration, "layer": i, "name": name, "std": s}
+                )
                 out.writer.add_scalar(f"responses/{run.arch}/seed{run.seed}", s, i)
             steps.tick(f"{run.label}: mean std {sum(per_run[run]) / len(stds):.3f}")
 
@@ -161,23 +163,13 @@ def analyze_responses(
     )
 
 
-def _row(run: Run, iteration: int, layer: int, name: str, std: float) -> dict:
-    return {
-        **run.identity,
-        "iteration": iteration,
-        "layer": layer,
-        "name": name,
-        "std": std,
-    }
-
-
 def _plot(out: Output, runs: list[Run], per_run: dict[Run, list[float]]) -> None:
     fig, axes = new_figure(1, 2, size=(5.5, 3.8))
     colors = depth_colors([r.depth for r in runs])
     for arch, group in group_by_arch(runs).items():
         stds = torch.tensor([per_run[r] for r in group]).mean(0)  # mean over seeds
         run = group[0]
-        style = {"color": colors[run.depth], "linestyle": line_style(run.residual), "lw": 1.3}
+        style = run_style(run, colors)
         layer = range(1, len(stds) + 1)
         axes[0, 0].plot(layer, stds, label=arch, **style)
         axes[0, 1].plot(layer, stds.sort(descending=True).values, label=arch, **style)

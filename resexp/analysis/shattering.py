@@ -3,9 +3,8 @@ Problem: If resnets are the answer, then what is the question?" (arXiv 1702.0859
 
 Networks that map a scalar to a scalar, at initialization: ``depth`` hidden layers of 200 ReLU
 units with BN, He-initialized, either plain (h <- relu(BN(W h))) or residual with pre-activation
-blocks (h <- h + W relu(BN(h))) after the input layer. The twins match layer for layer: ``depth``
-weight layers and ``depth`` BN + ReLU pairs between input and output, the same parameters.
-The gradient dy/dx is taken at 256 inputs evenly spaced in [-2, 2] (Balduzzi et al.'s setting).
+blocks (h <- h + W relu(BN(h))) after the input layer; twins layer for layer (``ScalarNet``). The
+gradient dy/dx is taken at 256 inputs evenly spaced in [-2, 2] (Balduzzi et al.'s setting).
 BN uses the statistics of those 256 inputs, frozen after one pass (eval mode), so that each
 point's gradient is that of one fixed function, without the batch's cross terms.
 
@@ -32,9 +31,12 @@ from resexp.analysis.common import (
     Output,
     Run,
     Settings,
+    batches,
     group_by_arch,
     line_style,
     new_figure,
+    pairs_by_depth,
+    run_style,
 )
 from resexp.compare.figure import depth_colors
 
@@ -96,13 +98,7 @@ class ScalarNet(nn.Module):
 
 def input_gradients(net: nn.Module, x: Tensor) -> Tensor:
     """dy/dx at each input of ``x`` (N, 1), after fixing BN to the statistics of ``x``."""
-    for m in net.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-    net.train()
-    with torch.no_grad():
-        net(x)  # one pass: the running statistics become those of x
-    net.eval()
+    calibrate_bn(net, x, len(x))  # one pass, and eval mode
     x = x.detach().clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(net(x).sum(), x)  # eval-mode BN: row i depends on x_i only
     return grad.flatten()
@@ -161,23 +157,13 @@ def analyze_shattering(
                 stacked = torch.stack(curves)
                 acf[residual, depth] = stacked.nanmean(0)
                 lag1[residual, depth] = stacked[:, 1].tolist()
-                kind = "resnet" if residual else "plain"
-                steps.tick(f"{kind} L={depth}: lag-1 {float(acf[residual, depth][1]):.3f}")
-                out.writer.add_scalar(
-                    f"shattering/lag1_{kind}", float(acf[residual, depth][1]), depth
-                )
+                kind, r1 = "resnet" if residual else "plain", float(acf[residual, depth][1])
+                steps.tick(f"{kind} L={depth}: lag-1 {r1:.3f}")
+                out.writer.add_scalar(f"shattering/lag1_{kind}", r1, depth)
 
-    rows = [
-        {
-            "net": "scalar",
-            "kind": "resnet" if res else "plain",
-            "depth": d,
-            "lag": k,
-            "autocorrelation": float(v),
-        }
-        for (res, d), curve in acf.items()
-        for k, v in enumerate(curve.tolist())
-    ]
+    rows = []
+    for (res, d), curve in acf.items():
+        rows += _acf_rows("scalar", "resnet" if res else "plain", d, curve)
     summary = _checks(out, depths, acf)
     _plot_scalar(out, depths, acf, examples, x.cpu().flatten())
 
@@ -248,6 +234,14 @@ def _checks(out: Output, depths: tuple[int, ...], acf: dict) -> dict:
         SOURCE,
     )
     return {"plain_factor_per_layer": base, "resnet_power_exponent": p, "noise_level": NOISE_LEVEL}
+
+
+def _acf_rows(net: str, kind: str, depth: int, curve: Tensor) -> list[dict]:
+    """The CSV rows of one autocorrelation curve, one per lag."""
+    return [
+        {"net": net, "kind": kind, "depth": depth, "lag": k, "autocorrelation": v}
+        for k, v in enumerate(curve.tolist())
+    ]
 
 
 def _versus_sqrt(p: float) -> str:
@@ -342,8 +336,8 @@ def calibrate_bn(model: nn.Module, x: Tensor, batch_size: int) -> None:
             m.reset_running_stats()
             saved[m], m.momentum = m.momentum, None  # cumulative average over the batches
     model.train()
-    for start in range(0, len(x), batch_size):
-        model(x[start : start + batch_size])
+    for xb, _ in batches(x, x, batch_size):
+        model(xb)
     for m, momentum in saved.items():
         m.momentum = momentum
     model.eval()
@@ -373,31 +367,14 @@ def _cifar(
                 "iteration": iteration,
                 "image_pairs": n_pairs,
             }
+            # images 2i and 2i + 1, the logit of the first one's class; averaged over pairs
+            lines = [(x[2 * i], x[2 * i + 1], int(y[2 * i])) for i in range(n_pairs)]
             for state, model in (("initialization", init), ("trained", trained)):
-                # images 2i and 2i + 1, the logit of the first one's class; averaged over pairs
-                r = torch.stack(
-                    [
-                        autocorrelation(
-                            line_gradients(
-                                model, x[2 * i], x[2 * i + 1], points, int(y[2 * i])
-                            ).cpu(),
-                            max_lag,
-                        )
-                        for i in range(n_pairs)
-                    ]
-                ).nanmean(0)
+                grads = [line_gradients(model, a, b, points, logit).cpu() for a, b, logit in lines]
+                r = torch.stack([autocorrelation(g, max_lag) for g in grads]).nanmean(0)
                 curves[run, state] = r
                 entry[state] = {"lag1": float(r[1]), "autocorrelation": r.tolist()}
-                rows += [
-                    {
-                        "net": run.label,
-                        "kind": state,
-                        "depth": run.depth,
-                        "lag": k,
-                        "autocorrelation": float(v),
-                    }
-                    for k, v in enumerate(r.tolist())
-                ]
+                rows += _acf_rows(run.label, state, run.depth, r)
             result[run.label] = entry
             steps.tick(f"{run.label}: lag-1 init {entry['initialization']['lag1']:.3f}")
 
@@ -405,25 +382,14 @@ def _cifar(
     colors = depth_colors([r.depth for r in runs])
     for col, state in enumerate(("initialization", "trained")):
         for run in runs:
-            axes[0, col].plot(
-                curves[run, state],
-                color=colors[run.depth],
-                linestyle=line_style(run.residual),
-                label=run.arch,
-            )
+            axes[0, col].plot(curves[run, state], label=run.arch, **run_style(run, colors, lw=1.5))
         axes[0, col].set(title=f"CIFAR nets, {state}", xlabel="lag", ylabel="autocorrelation")
         axes[0, col].legend(fontsize=7)
         axes[0, col].grid(alpha=0.3)
     fig.suptitle("d logit / dt along a line between two test images (plain dashed, ResNet solid)")
     out.figure(fig, "shattering_cifar")
 
-    by_depth: dict[int, dict[bool, float]] = {}
-    for run in runs:
-        if run.block == "basic":
-            by_depth.setdefault(run.depth, {})[run.residual] = result[run.label]["initialization"][
-                "lag1"
-            ]
-    pairs = {d: (v[False], v[True]) for d, v in sorted(by_depth.items()) if len(v) == 2}
+    pairs = pairs_by_depth({run: result[run.label]["initialization"]["lag1"] for run in runs})
     out.check(
         "CIFAR nets at init: a ResNet's gradients are less shattered than its plain twin's",
         "lag-1 autocorrelation along the image line: resnet >= plain at every depth",

@@ -155,16 +155,6 @@ def check(cfg: Any) -> Any:
     return cfg
 
 
-def check_run(cfg: Any) -> None:
-    """Refuse, before anything is written, a run whose folder holds a run of another config.
-
-    Read-only: the same rule ``fit`` applies again under the run's lock (train.prepare_run_dir).
-    """
-    from resexp.train import check_run_dir
-
-    check_run_dir(cfg, Path(cfg.run_dir))
-
-
 def check_writable(folder: Path) -> None:
     """Refuse an output folder that cannot be created or written, before any run starts.
 
@@ -304,6 +294,8 @@ def train(
     ctx: typer.Context,
     verbose: Verbose = False,
 ) -> None:
+    from resexp.train import check_run_dir
+
     args = list(ctx.args)
     if verbose:
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -311,7 +303,7 @@ def train(
         overrides, has_flags = _split_flags(args)
         if not has_flags:  # one run: composed and checked once, before anything is written
             cfg = check_config(overrides, configure_logging=True)
-            check_run(cfg)
+            check_run_dir(cfg, Path(cfg.run_dir))  # read-only: fit checks again under its lock
     except ResexpError as e:
         _fail(e, verbose)
     if has_flags:  # Hydra's multirun, --cfg job, --info ...: Hydra's own application
@@ -378,11 +370,12 @@ def sweep(
         args = sweeps.translate_args(list(ctx.args))
         plan = _checked(lambda: sweeps.plan_sweep(args, compose))
         from resexp.rundir import CheckpointError
+        from resexp.train import check_run_dir
 
         for run in plan.runs:  # every run, its folder included, before any is launched
             cfg = check(run.cfg)  # composed once, by the plan
             try:
-                check_run(cfg)
+                check_run_dir(cfg, Path(cfg.run_dir))
             except CheckpointError as e:  # that run fails in its job; the others still run
                 log.warning("%s: %s", run.run_dir, e)
         skipped = [r for r in plan.runs if r.done_before]

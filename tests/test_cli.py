@@ -144,6 +144,8 @@ def test_train_composes_once_and_trains_on_the_config_it_checked(tmp_path, monke
 
     cli_compose = cli.compose
     monkeypatch.setattr(cli, "compose", counting_compose)
+    logging_configs: list = []  # Hydra's logging setup, recorded (not applied to this process)
+    monkeypatch.setattr("hydra.core.utils.configure_log", lambda *a: logging_configs.append(a))
     monkeypatch.setattr(resexp.train, "fit", lambda cfg: trained.append(cfg) or {"status": "x"})
     result = CliRunner().invoke(
         cli.app, ["train", "data=synthetic", f"output_root={tmp_path}", "device=cpu", "depth=8"]
@@ -151,3 +153,4 @@ def test_train_composes_once_and_trains_on_the_config_it_checked(tmp_path, monke
     assert result.exit_code == 0, result.output
     assert len(composed) == 1 and len(trained) == 1 and trained[0] is composed[0]
     assert trained[0].depth == 8 and "hydra" not in trained[0]
+    assert logging_configs and logging_configs[0][0].root.level == "INFO"  # configs/hydra/...

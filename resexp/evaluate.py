@@ -97,12 +97,15 @@ def stream_orders(widths: Sequence[int] = (16, 32, 64)) -> list[Tensor]:
 _AKAMASTER_KEY = re.compile(r"layer([1-3])\.(\d+)\.(conv1|conv2|bn1|bn2)\.(\w+)")
 
 
-def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Their keys without ``module.`` (a DataParallel model's) and ``compressible_`` (a later
+def _their_key(key: str) -> str:
+    """Their key without ``module.`` (a DataParallel model's) and ``compressible_`` (a later
     revision of their resnet.py names conv1, conv2 and linear so)."""
-    return {
-        k.removeprefix("module.").replace("compressible_", ""): v for k, v in state_dict.items()
-    }
+    return key.removeprefix("module.").replace("compressible_", "")
+
+
+def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """One of their state dicts with each key as ``_their_key`` leaves it."""
+    return {_their_key(k): v for k, v in state_dict.items()}
 
 
 def akamaster_depth(state_dict: Mapping[str, Any], where: str = "the file") -> int:
@@ -217,10 +220,7 @@ def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:
         return _resexp_weights(state, path, path.name, out_dir, claims)
     tensors = state.get("state_dict", state) if isinstance(state, dict) else None
     if isinstance(tensors, dict) and any(
-        isinstance(k, str)
-        and k.removeprefix("module.").replace("compressible_", "")
-        in ("conv1.weight", "linear.weight")
-        for k in tensors
+        isinstance(k, str) and _their_key(k) in ("conv1.weight", "linear.weight") for k in tensors
     ):
         return _akamaster_weights(state, tensors, path, out_dir, claims)
     found = (

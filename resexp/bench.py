@@ -190,7 +190,7 @@ class _Ours:
         start = time.perf_counter()
         data, batches, runtime = self.data, self.batches, self.runtime
         evaluate(self.step_model, data.test_x, data.test_y, batches.mean, batches.std,
-                 self.schedule.eval_batch_size, runtime.dtype, runtime.memory_format)  # fmt: skip
+                 self.schedule.eval_batch_size, runtime.memory_format)  # fmt: skip
         _sync(self.device)
         return time.perf_counter() - start
 

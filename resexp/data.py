@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from filelock import FileLock, Timeout
 from torch import Tensor
 
-from resexp.errors import DataError
+from resexp.errors import DataError, one_line
 from resexp.rundir import atomic_write
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def _download(root: Path, name: str, alternatives: str) -> None:
             shutil.rmtree(new_folder, ignore_errors=True)
         raise DataError(
             f"could not download {name} into {root}; the network is likely unavailable "
-            f"({_one_line(error)}). {alternatives}"
+            f"({one_line(error)}). {alternatives}"
         ) from None
 
 
@@ -246,7 +246,7 @@ def _read_cifar_pickle(path: Path, labels: bytes, what: str) -> tuple[Tensor, Te
         x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE)
         y = np.asarray(batch[labels], dtype=np.int64)
     except (KeyError, ValueError) as error:
-        raise DataError(f"{path} is not {what} ({_one_line(error)})") from None
+        raise DataError(f"{path} is not {what} ({one_line(error)})") from None
     return torch.from_numpy(x.copy()), torch.from_numpy(y)
 
 
@@ -256,7 +256,7 @@ def _unpickle(path: Path) -> dict:
             return pickle.load(f, encoding="bytes")
     except (OSError, EOFError, pickle.UnpicklingError) as error:
         raise DataError(
-            f"cannot read {path} ({_one_line(error)}); delete {path.parent} and run again to "
+            f"cannot read {path} ({one_line(error)}); delete {path.parent} and run again to "
             "download it afresh"
         ) from None
 
@@ -332,7 +332,7 @@ def _unpack(archive: Path, into: Path, key: str) -> Path:
             os.replace(tmp, dest)
         except Exception as error:  # OSError, TarError, EOFError, lzma and zlib errors
             raise DataError(
-                f"cannot unpack {archive} ({_one_line(error)}); is it a complete tar archive?"
+                f"cannot unpack {archive} ({one_line(error)}); is it a complete tar archive?"
             ) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -431,7 +431,7 @@ def _decode_image(path: Path) -> Tensor:
         image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except Exception as error:  # libjpeg / libpng errors surface as RuntimeError
         raise DataError(
-            f"cannot decode image {path} ({_one_line(error)}); remove or replace it"
+            f"cannot decode image {path} ({one_line(error)}); remove or replace it"
         ) from None
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         h, w = image.shape[1:]
@@ -503,7 +503,7 @@ def _cached(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise DataError(
-            f"cannot create the cache folder {path.parent} ({_one_line(error)}); set "
+            f"cannot create the cache folder {path.parent} ({one_line(error)}); set "
             "data.cache_dir=PATH to a writable folder"
         ) from None
     try:
@@ -553,7 +553,7 @@ def _read_cache(path: Path, warn: bool) -> dict[str, Any] | None:
         _check_sets(sets)
     except Exception as error:
         if warn:
-            log.warning("cache file %s is unreadable (%s); rebuilding it", path, _one_line(error))
+            log.warning("cache file %s is unreadable (%s); rebuilding it", path, one_line(error))
         return None
     log.info("read cached images from %s in %.1f s", path, time.perf_counter() - start)
     return sets
@@ -757,9 +757,3 @@ def eval_batches(
     for start in range(0, len(x_uint8), batch_size):
         x = x_uint8[start : start + batch_size]
         yield _normalize(x, mean, std, memory_format), y[start : start + batch_size]
-
-
-def _one_line(error: BaseException) -> str:
-    """``Type: first line of the message``, for error messages that stay one line long."""
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

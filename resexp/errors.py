@@ -13,3 +13,10 @@ class ConfigError(ResexpError):
 
 class DataError(ResexpError):
     """A data set cannot be found, downloaded, read or decoded."""
+
+
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message`` (cut at 200 characters), or ``Type`` alone for an
+    empty message: an exception worth quoting inside a one-line error or warning."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:200]}" if lines else type(error).__name__

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from resexp.config import data_for_run, explicit_keys
 from resexp.data import eval_batches, load_data, mean_std
-from resexp.errors import ConfigError, ResexpError
+from resexp.errors import ConfigError, ResexpError, one_line
 from resexp.models import CifarResNet, ResNet, build_model, count_parameters
 from resexp.rundir import RunDir, write_json
 from resexp.runtime import Runtime, float64_device, resolve
@@ -97,12 +97,15 @@ def stream_orders(widths: Sequence[int] = (16, 32, 64)) -> list[Tensor]:
 _AKAMASTER_KEY = re.compile(r"layer([1-3])\.(\d+)\.(conv1|conv2|bn1|bn2)\.(\w+)")
 
 
-def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Their keys without ``module.`` (a DataParallel model's) and ``compressible_`` (a later
+def _their_key(key: str) -> str:
+    """Their key without ``module.`` (a DataParallel model's) and ``compressible_`` (a later
     revision of their resnet.py names conv1, conv2 and linear so)."""
-    return {
-        k.removeprefix("module.").replace("compressible_", ""): v for k, v in state_dict.items()
-    }
+    return key.removeprefix("module.").replace("compressible_", "")
+
+
+def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """One of their state dicts with each key as ``_their_key`` leaves it."""
+    return {_their_key(k): v for k, v in state_dict.items()}
 
 
 def akamaster_depth(state_dict: Mapping[str, Any], where: str = "the file") -> int:
@@ -197,7 +200,7 @@ def read_checkpoint(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds on a file that is not one of its own
         if not isinstance(e, pickle.UnpicklingError) or "Weights only load failed" not in str(e):
-            raise ResexpError(f"{path} is not a PyTorch checkpoint ({_first_line(e)})") from None
+            raise ResexpError(f"{path} is not a PyTorch checkpoint ({one_line(e)})") from None
     try:  # a checkpoint, refused by weights_only: name what it holds
         found = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # a file in the pre-1.6 format cannot be listed
@@ -217,10 +220,7 @@ def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:
         return _resexp_weights(state, path, path.name, out_dir, claims)
     tensors = state.get("state_dict", state) if isinstance(state, dict) else None
     if isinstance(tensors, dict) and any(
-        isinstance(k, str)
-        and k.removeprefix("module.").replace("compressible_", "")
-        in ("conv1.weight", "linear.weight")
-        for k in tensors
+        isinstance(k, str) and _their_key(k) in ("conv1.weight", "linear.weight") for k in tensors
     ):
         return _akamaster_weights(state, tensors, path, out_dir, claims)
     found = (
@@ -256,7 +256,7 @@ def _resexp_weights(
         model.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as e:
         raise ResexpError(
-            f"{path}: its weights do not fit the network its config describes ({_first_line(e)})"
+            f"{path}: its weights do not fit the network its config describes ({one_line(e)})"
         ) from None
     summary = RunDir(path.parent).read_summary() or {}
     iteration, reference = state.get("iteration"), {}
@@ -340,11 +340,6 @@ def _akamaster_weights(
         arch={**actual, "params": count_parameters(model)},
         reference=reference,
     )
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 # ----------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ from resexp.config import BLOCKS, FAMILIES, SHORTCUTS, STEMS  # the schema's cho
 
 Shortcut = Literal["A", "B"]
 BlockKind = Literal["basic", "preact", "highway", "bottleneck"]
-Family = Literal["cifar", "imagenet"]
 Stem = Literal["cifar", "imagenet"]
 
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from resexp.errors import ResexpError
+from resexp.errors import ResexpError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict | Non
         if not isinstance(state, dict) or "iteration" not in state:
             raise ValueError("not a resexp checkpoint")
     except Exception as e:  # torch raises many kinds on a truncated or foreign file
-        log.warning("checkpoint %s is unreadable (%s); it is kept as it is", path, _short(e))
+        log.warning("checkpoint %s is unreadable (%s); it is kept as it is", path, one_line(e))
         return None
     if int(state.get("format", 1)) > FORMAT:
         raise CheckpointError(
@@ -214,11 +214,6 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict | Non
             f"to {FORMAT}): upgrade resexp to resume or analyse it."
         )
     return state
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
 
 
 # ----------------------------------------------------------------------------------------------

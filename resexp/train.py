@@ -223,12 +223,11 @@ def evaluate(
     mean: torch.Tensor,
     std: torch.Tensor,
     batch_size: int,
-    amp_dtype: torch.dtype | None,
     memory_format: torch.memory_format = torch.contiguous_format,
     should_stop: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
     """Error (%) and mean loss on a whole set, the single original view of each image, in fp32
-    whatever the training precision (``error_and_loss``; ``amp_dtype`` is ignored)."""
+    whatever the training precision (``error_and_loss``)."""
     batches = eval_batches(x, y, batch_size, mean, std, memory_format=memory_format)
     return error_and_loss(model, batches, should_stop)
 
@@ -740,7 +739,7 @@ def _evaluate(run: Training, guard: SignalGuard) -> int | None:
     train_error, train_loss = run.counters.read_train()
     rt, data = run.runtime, run.data
     test_error, test_loss = evaluate(run.step_model, data.test_x, data.test_y, run.batches.mean,
-                                     run.batches.std, run.cfg.schedule.eval_batch_size, rt.dtype,
+                                     run.batches.std, run.cfg.schedule.eval_batch_size,
                                      rt.memory_format, should_stop=guard.check)  # fmt: skip
     run.log({"iteration": run.iteration, "train_error": train_error, "train_loss": train_loss,
              "test_error": test_error, "test_loss": test_loss, "lr": run.lr,

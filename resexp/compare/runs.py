@@ -88,7 +88,7 @@ class Run:
     @property
     def num_classes(self) -> int:
         """From the run's summary (the data it read), else its data config, else 10."""
-        identity = self.summary.get("data_identity") or {}
+        identity = self.data_identity or {}
         if identity.get("classes"):
             return len(identity["classes"])
         from omegaconf import OmegaConf
@@ -109,12 +109,11 @@ class Run:
 
     @property
     def label(self) -> str:
-        """arch/seedK, and for a run that has not completed, its state and iteration."""
-        name = f"{self.arch}/seed{self.seed}"
+        """Its name, and for a run that has not completed, its state and iteration."""
         if self.status == "completed":
-            return name
+            return self.name
         at = f" at iteration {self.iteration:,}" if self.iteration is not None else ""
-        return f"{name} ({self.status}{at})"
+        return f"{self.name} ({self.status}{at})"
 
     @property
     def identity(self) -> dict:
@@ -204,6 +203,7 @@ class Run:
 
     @property
     def iterations(self) -> int:
+        """The iteration of its last evaluation (0 without one)."""
         final = self.final
         return int(final["iteration"]) if final else 0
 

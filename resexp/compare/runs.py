@@ -17,73 +17,62 @@ from resexp.errors import ResexpError
 from resexp.rundir import RunDir, run_dirs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # one object per run folder: hashed by identity
 class Run:
-    """One run as found on disk: compare's, and the analyses' (``resexp.analysis.find_runs``).
-
-    Its settings come from summary.json, else config.yaml, else the folder names (a run in
-    progress has no summary yet, one from before a key existed lacks it).
-    """
+    """One run as found on disk: compare's, and the analyses' (``resexp.analysis.find_runs``)."""
 
     path: Path
-    config: dict = field(default_factory=dict, repr=False, compare=False)  # hashed by folder
-    summary: dict = field(default_factory=dict, repr=False, compare=False)  # {}: none yet
+    arch: str  # the folder name: plain-56, resnet-56, preact-110, plain-preact-110, resnet50, ...
+    depth: int
+    residual: bool
+    block: str
+    shortcut: str
+    family: str  # cifar | imagenet
+    stem: str
+    seed: int
+    config: dict = field(repr=False)  # {} without a readable config.yaml
+    summary: dict = field(repr=False)  # {}: no summary.json yet
 
     @classmethod
     def read(cls, path: Path) -> Run:
+        """Read a run folder. Settings come from summary.json, else config.yaml, else the folder
+        names (a run in progress has no summary, one from before a key existed lacks it)."""
         folder = RunDir(path)
-        return cls(path, folder.read_config() or {}, folder.read_summary() or {})
+        summary, config = folder.read_summary() or {}, folder.read_config() or {}
 
-    def setting(self, key: str, default: Any = None) -> Any:
-        for source in (self.summary, self.config):
-            if source.get(key) is not None:
-                return source[key]
-        return default
+        def setting(key: str, default: Any = None) -> Any:
+            for source in (summary, config):
+                if source.get(key) is not None:
+                    return source[key]
+            return default
+
+        arch = path.parent.name
+        name_depth = re.search(r"-?(\d+)(?=$|-)", arch)  # plain-56, resnet50-imagenet-stem
+        depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
+        family = family_of(arch, depth)
+        block = "basic" if family in ("plain", "resnet") else family.split("-")[-1]
+        seed = setting("seed")
+        return cls(
+            path=path,
+            arch=arch,
+            depth=depth,
+            residual=bool(setting("residual", not arch.startswith("plain"))),
+            block=str(setting("block", block)),
+            shortcut=str(setting("shortcut", "A")),
+            family=str(setting("family", "cifar")),  # runs made before the key existed: cifar
+            stem=str(setting("stem", "cifar")),
+            seed=int(path.name[4:] if seed is None else seed),
+            config=config,
+            summary=summary,
+        )
 
     @property
     def dir(self) -> RunDir:
         return RunDir(self.path)
 
     @property
-    def arch(self) -> str:
-        """The folder name: plain-56, resnet-56, preact-110, plain-preact-110, resnet50, ..."""
-        return self.path.parent.name
-
-    @property
     def name(self) -> str:
         return self.dir.label
-
-    @property
-    def depth(self) -> int:
-        name_depth = re.search(r"-?(\d+)(?=$|-)", self.arch)  # plain-56, resnet50-imagenet-stem
-        return int(self.setting("depth", int(name_depth.group(1)) if name_depth else 0))
-
-    @property
-    def residual(self) -> bool:
-        return bool(self.setting("residual", not self.arch.startswith("plain")))
-
-    @property
-    def block(self) -> str:
-        family = family_of(self.arch, self.depth)
-        default = "basic" if family in ("plain", "resnet") else family.split("-")[-1]
-        return str(self.setting("block", default))
-
-    @property
-    def shortcut(self) -> str:
-        return str(self.setting("shortcut", "A"))
-
-    @property
-    def family(self) -> str:
-        return str(self.setting("family", "cifar"))  # runs made before the key existed: cifar
-
-    @property
-    def stem(self) -> str:
-        return str(self.setting("stem", "cifar"))
-
-    @property
-    def seed(self) -> int:
-        seed = self.setting("seed")
-        return int(self.path.name[4:] if seed is None else seed)
 
     @property
     def num_classes(self) -> int:

@@ -1,9 +1,10 @@
 """What every analysis shares: finding runs, rebuilding their networks and data, writing results.
 
-A run here is a ``resexp.rundir.RunDir`` with a config.yaml and a checkpoint (a network that can
-be rebuilt); a study directory holds several. ``Output`` writes an analysis's PNGs, CSV, JSON and
-TensorBoard images into one folder and records every path it wrote; ``Output.check`` states what
-the literature expects next to what was measured, so a reader sees at once whether they agree.
+A run here is a ``resexp.compare.runs.Run`` whose folder holds a config.yaml and a checkpoint (a
+network that can be rebuilt); a study directory holds several. ``Output`` writes an analysis's
+PNGs, CSV, JSON and TensorBoard images into one folder and records every path it wrote;
+``Output.check`` states what the literature expects next to what was measured, so a reader sees
+at once whether they agree.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from resexp.config import arch_name
+from resexp.compare.runs import Run
 from resexp.errors import ResexpError
 from resexp.models import ResNet, build_model
 from resexp.rundir import RunDir, run_dirs, write_json
@@ -39,113 +40,23 @@ log = logging.getLogger("resexp.analysis")
 # Runs
 
 
-@dataclass(frozen=True)
-class Run:
-    """One trained run: its folder and its resolved config (config.yaml, as ``fit`` saved it)."""
+def build(run: Run) -> ResNet:
+    """The run's network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
+    torch.manual_seed(run.seed)
+    return build_model(run.depth, run.residual, run.shortcut, run.block, run.num_classes,
+                       family=run.family, stem=run.stem)  # fmt: skip
 
-    path: Path
-    config: dict = field(repr=False, compare=False)  # runs are compared and hashed by folder
 
-    @property
-    def dir(self) -> RunDir:
-        return RunDir(self.path)
-
-    @property
-    def depth(self) -> int:
-        return int(self.config["depth"])
-
-    @property
-    def residual(self) -> bool:
-        return bool(self.config["residual"])
-
-    @property
-    def block(self) -> str:
-        return self.config.get("block", "basic")
-
-    @property
-    def shortcut(self) -> str:
-        return self.config.get("shortcut", "A")
-
-    @property
-    def family(self) -> str:
-        return self.config.get("family", "cifar")  # runs made before the key existed: cifar
-
-    @property
-    def stem(self) -> str:
-        return self.config.get("stem", "cifar")
-
-    @property
-    def num_classes(self) -> int:
-        """From the run's summary (the data it read), else its data config, else 10."""
-        identity = self.summary.get("data_identity") or {}
-        if identity.get("classes"):
-            return len(identity["classes"])
-        from omegaconf import OmegaConf
-
-        from resexp.config import num_classes
-
-        return num_classes(OmegaConf.create(self.config)) or 10
-
-    @property
-    def seed(self) -> int:
-        return int(self.config.get("seed", 0))
-
-    @property
-    def arch(self) -> str:
-        """plain-56, resnet-56, preact-56, ... (the run's folder name)."""
-        return arch_name(self.residual, self.block, self.depth, self.family, self.stem)
-
-    @property
-    def summary(self) -> dict:
-        """The run's summary.json ({} while it has none: still training, or killed)."""
-        return self.dir.read_summary() or {}
-
-    @property
-    def status(self) -> str:
-        """completed, interrupted, diverged, failed, or partial (no summary.json)."""
-        return str(self.summary.get("status", "partial"))
-
-    @property
-    def iteration(self) -> int | None:
-        """The iteration it trained to, as its summary says (None without one)."""
-        return self.summary.get("iterations")
-
-    @property
-    def label(self) -> str:
-        """arch/seedK, and for a run that has not completed, its state and iteration."""
-        name = f"{self.arch}/seed{self.seed}"
-        if self.status == "completed":
-            return name
-        at = f" at iteration {self.iteration:,}" if self.iteration is not None else ""
-        return f"{name} ({self.status}{at})"
-
-    @property
-    def identity(self) -> dict:
-        """The columns that say which run a row of numbers belongs to."""
-        return {
-            "run": self.label,
-            "arch": self.arch,
-            "depth": self.depth,
-            "residual": self.residual,
-            "seed": self.seed,
-        }
-
-    def build(self) -> ResNet:
-        """The network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
-        torch.manual_seed(self.seed)
-        return build_model(self.depth, self.residual, self.shortcut, self.block,
-                           self.num_classes, family=self.family, stem=self.stem)  # fmt: skip
-
-    def trained(self, runtime: Runtime) -> tuple[ResNet, int]:
-        """The network with its latest readable checkpoint, in eval mode, and that iteration."""
-        state = self.dir.load_checkpoint()
-        if state is None:
-            raise ResexpError(f"{self.path} has no checkpoint; train it first")
-        model = self.build()
-        model.load_state_dict(state["model"])
-        prepared = runtime.prepare(model)
-        assert prepared is model  # the analyses' runtime never compiles (Settings.runtime)
-        return model.eval(), int(state["iteration"])
+def load_trained(run: Run, runtime: Runtime) -> tuple[ResNet, int]:
+    """The run's network with its latest readable checkpoint, in eval mode, and that iteration."""
+    state = run.dir.load_checkpoint()
+    if state is None:
+        raise ResexpError(f"{run.path} has no checkpoint; train it first")
+    model = build(run)
+    model.load_state_dict(state["model"])
+    prepared = runtime.prepare(model)
+    assert prepared is model  # the analyses' runtime never compiles (Settings.runtime)
+    return model.eval(), int(state["iteration"])
 
 
 def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
@@ -171,11 +82,10 @@ def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
                 log.info("skipping %s: no checkpoint yet", folder.path)
     runs = []
     for folder in folders:
-        config = folder.read_config()
-        if config is None or "depth" not in config:
+        run = Run.read(folder.path)
+        if "depth" not in run.config:
             log.warning("skipping %s: no readable config.yaml", folder.path)
             continue
-        run = Run(folder.path, config)
         if run.status != "completed" and not unfinished:
             log.info("skipping %s: %s, not completed (unfinished=true includes it)", folder,
                      run.label.split(" (", 1)[-1].rstrip(")"))  # fmt: skip
@@ -448,14 +358,6 @@ def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (5.0, 3
 
     fig = Figure(figsize=(size[0] * cols, size[1] * rows), layout="constrained")
     return fig, fig.subplots(rows, cols, squeeze=False)
-
-
-def group_by_arch(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """Runs of the same architecture (several seeds) together, in the runs' order."""
-    groups: dict[str, list[Run]] = {}
-    for r in runs:
-        groups.setdefault(r.arch, []).append(r)
-    return groups
 
 
 def pairs_by_depth(values: dict[Run, float]) -> dict[int, tuple[float, float]]:

@@ -24,14 +24,15 @@ from torch import Tensor, nn
 
 from resexp.analysis.common import (
     Output,
-    Run,
     Settings,
+    build,
     integer_ticks,
     new_figure,
     pairs_by_depth,
     run_style,
 )
 from resexp.compare.figure import depth_colors
+from resexp.compare.runs import Run
 from resexp.tracking import log_gradient_stats  # noqa: F401  (re-exported)
 
 OPTIONS: dict[str, tuple[object, str]] = {
@@ -87,7 +88,7 @@ def analyze_gradients(
                 for i, (it, sd) in enumerate(saved)
             ]
             for state, iteration, state_dict in states:
-                model = run.build()
+                model = build(run)
                 if state_dict is not None:
                     model.load_state_dict(state_dict)
                 norms = conv_gradient_norms(settings.runtime.prepare(model), x, y)
@@ -139,7 +140,7 @@ def analyze_gradients(
             "runs": {
                 run.label: {
                     "path": str(run.path),
-                    "layers": [n for n, _ in conv_layers(run.build())],
+                    "layers": [n for n, _ in conv_layers(build(run))],
                     "states": {
                         state: {"iteration": it, "grad_norms": v}
                         for (r, state), (it, v) in curves.items()

@@ -26,15 +26,15 @@ from torch import Tensor, nn
 
 from resexp.analysis.common import (
     Output,
-    Run,
     Settings,
     batches,
-    group_by_arch,
+    load_trained,
     new_figure,
     pairs_by_depth,
     run_style,
 )
 from resexp.compare.figure import depth_colors
+from resexp.compare.runs import Run, group_by_arch
 from resexp.errors import ConfigError
 from resexp.train import error_and_loss
 
@@ -153,7 +153,7 @@ def analyze_landscape(
     rows, results = [], {}
     with out.steps("points", len(runs) * (steps_1d + len(plane))) as steps:
         for run in runs:
-            model, iteration = run.trained(settings.runtime)
+            model, iteration = load_trained(run, settings.runtime)
             x, y = settings.data(run).normalized("train", train_images)
             generator = torch.Generator().manual_seed(seed)
             d1 = filter_normalized_direction(model, generator)

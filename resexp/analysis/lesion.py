@@ -27,17 +27,18 @@ from torch import Tensor
 
 from resexp.analysis.common import (
     Output,
-    Run,
     Settings,
     batches,
-    group_by_arch,
+    build,
     integer_ticks,
+    load_trained,
     log,
     new_figure,
     pairs_by_depth,
     run_style,
 )
 from resexp.compare.figure import depth_colors
+from resexp.compare.runs import Run, group_by_arch
 from resexp.errors import ConfigError
 from resexp.models import ResNet
 from resexp.train import error_and_loss
@@ -138,7 +139,7 @@ def analyze_lesion(
     """Test error after removing each single block, and k random blocks (Veit et al. 2016)."""
     if candidates not in ("same_shape", "all"):
         raise ConfigError(f"candidates must be same_shape or all, not {candidates!r}")
-    plans = {run: _plan(run.build(), candidates, max_removed, draws) for run in runs}
+    plans = {run: _plan(build(run), candidates, max_removed, draws) for run in runs}
     results: dict[Run, dict] = {}
     with out.steps("evaluations", sum(p[2] for p in plans.values())) as steps:
         for run in runs:
@@ -177,7 +178,7 @@ def _measure(
     on_eval: Callable[[str], None],
 ) -> dict:
     """One run: its error intact, without each single block, and without k random blocks."""
-    model, iteration = run.trained(settings.runtime)
+    model, iteration = load_trained(run, settings.runtime)
     x, y = settings.data(run).normalized("test", settings.images)
     bs = settings.batch_size
 

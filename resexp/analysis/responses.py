@@ -22,16 +22,16 @@ from torch import Tensor, nn
 
 from resexp.analysis.common import (
     Output,
-    Run,
     Settings,
     batches,
-    group_by_arch,
     integer_ticks,
+    load_trained,
     new_figure,
     pairs_by_depth,
     run_style,
 )
 from resexp.compare.figure import depth_colors
+from resexp.compare.runs import Run, group_by_arch
 from resexp.errors import ConfigError
 from resexp.models import ResNet
 from resexp.runtime import float64_device
@@ -105,7 +105,7 @@ def analyze_responses(
     layer_names: dict[Run, list[str]] = {}
     with out.steps("runs", len(runs)) as steps:
         for run in runs:
-            model, iteration = run.trained(settings.runtime)
+            model, iteration = load_trained(run, settings.runtime)
             x, _ = settings.data(run).normalized(split, settings.images)
             n_images = len(x)
             stds = layer_response_stds(model, x, settings.batch_size)

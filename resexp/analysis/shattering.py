@@ -29,16 +29,17 @@ from torch import Tensor, nn
 
 from resexp.analysis.common import (
     Output,
-    Run,
     Settings,
     batches,
-    group_by_arch,
+    build,
     line_style,
+    load_trained,
     new_figure,
     pairs_by_depth,
     run_style,
 )
 from resexp.compare.figure import depth_colors
+from resexp.compare.runs import Run, group_by_arch
 
 SOURCE = "Balduzzi et al. 2017, secs. 2-3"
 NOISE_LEVEL = 0.1  # |lag-1 autocorrelation| below this counts as white noise
@@ -359,8 +360,8 @@ def _cifar(
         for run in runs:
             x, y = settings.data(run).normalized("test", settings.images)
             n_pairs = min(image_pairs, len(x) // 2)
-            trained, iteration = run.trained(settings.runtime)
-            init = settings.runtime.prepare(run.build())
+            trained, iteration = load_trained(run, settings.runtime)
+            init = settings.runtime.prepare(build(run))
             calibrate_bn(init, x, settings.batch_size)
             entry: dict[str, Any] = {
                 "path": str(run.path),

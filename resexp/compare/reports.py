@@ -115,9 +115,9 @@ def problem_lines(cmp: Comparison) -> list[str]:
         f"{arch}: no runs (Figure 6's grid is plain and ResNet at 20, 32, 44, 56 layers)"
         for arch in cmp.missing
     ]
-    used = {id(r) for n in cmp.networks for r in n.used}
+    used = {r for n in cmp.networks for r in n.used}
     for run in cmp.incomplete:
-        if id(run) in used:
+        if run in used:
             effect = "its latest values are used, marked *"
         elif run.usable:
             effect = "not counted: the network has completed runs"

@@ -1,5 +1,4 @@
-"""A study's runs as compare sees them (read through ``resexp.rundir.RunDir``), and grouping
-them into networks."""
+"""A study's runs (read through ``resexp.rundir.RunDir``), and grouping them into networks."""
 
 from __future__ import annotations
 
@@ -7,32 +6,153 @@ import math
 import re
 import statistics
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from resexp.compare.references import GRID_DEPTHS, REFERENCES, Reference
 from resexp.errors import ResexpError
 from resexp.rundir import RunDir, run_dirs
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)  # one object per run folder: hashed by identity
 class Run:
-    """One training run as found on disk."""
+    """One run as found on disk: compare's, and the analyses' (``resexp.analysis.find_runs``)."""
 
     path: Path
-    arch: str  # the folder name: plain-56, resnet-56, preact-110, plain-preact-110, ...
+    arch: str  # the folder name: plain-56, resnet-56, preact-110, plain-preact-110, resnet50, ...
     depth: int
     residual: bool
     block: str
     shortcut: str
+    family: str  # cifar | imagenet
+    stem: str
     seed: int
-    status: str  # completed | diverged | failed | interrupted | partial (no summary.json yet)
-    rows: list[dict] = field(repr=False)
-    summary: dict | None = field(repr=False)
-    params: int | None = None
-    planned_iterations: int | None = None
-    data: str | None = None
-    data_identity: dict | None = field(default=None, repr=False)  # summary.json's, if recorded
+    config: dict = field(repr=False)  # {} without a readable config.yaml
+    summary: dict = field(repr=False)  # {}: no summary.json yet
+
+    @classmethod
+    def read(cls, path: Path) -> Run:
+        """Read a run folder. Settings come from summary.json, else config.yaml, else the folder
+        names (a run in progress has no summary, one from before a key existed lacks it)."""
+        folder = RunDir(path)
+        summary, config = folder.read_summary() or {}, folder.read_config() or {}
+
+        def setting(key: str, default: Any = None) -> Any:
+            for source in (summary, config):
+                if source.get(key) is not None:
+                    return source[key]
+            return default
+
+        arch = path.parent.name
+        name_depth = re.search(r"-?(\d+)(?=$|-)", arch)  # plain-56, resnet50-imagenet-stem
+        depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
+        family = family_of(arch, depth)
+        block = "basic" if family in ("plain", "resnet") else family.split("-")[-1]
+        seed = setting("seed")
+        return cls(
+            path=path,
+            arch=arch,
+            depth=depth,
+            residual=bool(setting("residual", not arch.startswith("plain"))),
+            block=str(setting("block", block)),
+            shortcut=str(setting("shortcut", "A")),
+            family=str(setting("family", "cifar")),  # runs made before the key existed: cifar
+            stem=str(setting("stem", "cifar")),
+            seed=int(path.name[4:] if seed is None else seed),
+            config=config,
+            summary=summary,
+        )
+
+    @property
+    def dir(self) -> RunDir:
+        return RunDir(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.dir.label
+
+    @property
+    def num_classes(self) -> int:
+        """From the run's summary (the data it read), else its data config, else 10."""
+        identity = self.data_identity or {}
+        if identity.get("classes"):
+            return len(identity["classes"])
+        from omegaconf import OmegaConf
+
+        from resexp.config import num_classes
+
+        return num_classes(OmegaConf.create(self.config)) or 10
+
+    @property
+    def status(self) -> str:
+        """completed | diverged | failed | interrupted | partial (no summary.json yet)."""
+        return str(self.summary.get("status", "completed")) if self.summary else "partial"
+
+    @property
+    def iteration(self) -> int | None:
+        """The iteration it trained to, as its summary says (None without one)."""
+        return self.summary.get("iterations")
+
+    @property
+    def label(self) -> str:
+        """Its name, and for a run that has not completed, its state and iteration."""
+        if self.status == "completed":
+            return self.name
+        at = f" at iteration {self.iteration:,}" if self.iteration is not None else ""
+        return f"{self.name} ({self.status}{at})"
+
+    @property
+    def identity(self) -> dict:
+        """The columns that say which run a row of numbers belongs to."""
+        return {
+            "run": self.label,
+            "arch": self.arch,
+            "depth": self.depth,
+            "residual": self.residual,
+            "seed": self.seed,
+        }
+
+    @cached_property
+    def rows(self) -> list[dict]:
+        return self.dir.read_metrics()
+
+    @cached_property
+    def params(self) -> int | None:
+        """From the summary; for a run without one yet (in progress), counted on its network."""
+        if self.summary.get("params"):
+            return self.summary["params"]
+        try:
+            from resexp.models import build_model, count_parameters
+
+            model = build_model(
+                self.depth,
+                self.residual,
+                self.shortcut,
+                self.block,
+                family=self.family,
+                stem=self.stem,
+            )
+            return count_parameters(model)
+        except Exception:
+            return None
+
+    @property
+    def planned_iterations(self) -> int | None:
+        planned = self.summary.get("planned_iterations")
+        planned = planned or (self.config.get("schedule") or {}).get("iterations")
+        return int(planned) if planned else None
+
+    @property
+    def data(self) -> str | None:
+        data = self.summary.get("data") or (self.config.get("data") or {}).get("source")
+        return str(data) if data else None
+
+    @property
+    def data_identity(self) -> dict | None:
+        return self.summary.get("data_identity")
 
     @property
     def original_cifar10(self) -> bool:
@@ -44,10 +164,6 @@ class Run:
             return ident.get("source") == "cifar10" and not ident.get("subset_or_split")
         text = self.data or ""
         return text.startswith("CIFAR-10 (torchvision)") and "(" not in text.split(":", 1)[-1]
-
-    @property
-    def name(self) -> str:
-        return f"{self.arch}/{self.path.name}"
 
     @property
     def curve(self) -> list[dict]:
@@ -68,7 +184,7 @@ class Run:
         curve = self.curve
         if curve:
             return curve[-1]
-        s = self.summary or {}
+        s = self.summary
         if _finite(s.get("train_error")) and _finite(s.get("test_error")):
             keys = ("train_error", "test_error")
             return {"iteration": s.get("iterations") or 0, **{k: s[k] for k in keys}}
@@ -76,6 +192,7 @@ class Run:
 
     @property
     def iterations(self) -> int:
+        """The iteration of its last evaluation (0 without one)."""
         final = self.final
         return int(final["iteration"]) if final else 0
 
@@ -117,57 +234,12 @@ def _with_curves(study: Path) -> list[RunDir]:
     return [run for run in run_dirs(study) if run.has_curves()]
 
 
-def load_run(path: Path) -> Run:
-    """Read one run folder; settings come from summary.json, else config.yaml, else the names."""
-    folder = RunDir(path)
-    summary, config = folder.read_summary(), folder.read_config()
-
-    def setting(key: str, default):
-        for source in (summary, config):
-            if source and source.get(key) is not None:
-                return source[key]
-        return default
-
-    arch = path.parent.name
-    name_depth = re.search(r"-?(\d+)(?=$|-)", arch)  # plain-56, resnet50, resnet50-imagenet-stem
-    depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
-    residual = bool(setting("residual", not arch.startswith("plain")))
-    family = family_of(arch, depth)
-    block = str(
-        setting("block", "basic" if family in ("plain", "resnet") else family.split("-")[-1])
-    )
-    shortcut = str(setting("shortcut", "A"))
-    net_family, stem = str(setting("family", "cifar")), str(setting("stem", "cifar"))
-    schedule = (config or {}).get("schedule") or {}
-    planned = (summary or {}).get("planned_iterations") or schedule.get("iterations")
-    data = (summary or {}).get("data") or ((config or {}).get("data") or {}).get("source")
-    params = (summary or {}).get("params") or _count_parameters(
-        depth, residual, shortcut, block, net_family, stem
-    )
-    return Run(
-        path=path,
-        arch=arch,
-        depth=depth,
-        residual=residual,
-        block=block,
-        shortcut=shortcut,
-        seed=int(setting("seed", int(path.name[4:]))),
-        status=str(summary.get("status", "completed")) if summary else "partial",
-        rows=folder.read_metrics(),
-        summary=summary,
-        params=params,
-        planned_iterations=int(planned) if planned else None,
-        data=str(data) if data else None,
-        data_identity=(summary or {}).get("data_identity"),
-    )
-
-
 def load_runs(study: Path) -> list[Run]:
     """Every run of a study, sorted by network and seed."""
     study = Path(study)
     if not study.is_dir():
         raise ResexpError(f"{study} is not a folder: name a study folder, e.g. outputs/degradation")
-    runs = [load_run(run.path) for run in _with_curves(study)]
+    runs = [Run.read(run.path) for run in _with_curves(study)]
     if not runs:
         hint = ""
         if RunDir(study).has_curves():
@@ -179,19 +251,6 @@ def load_runs(study: Path) -> list[Run]:
             f"no runs in {study}: expected {study}/<arch>-<depth>/seed<k>/metrics.jsonl.{hint}"
         )
     return runs
-
-
-def _count_parameters(
-    depth: int, residual: bool, shortcut: str, block: str, family: str, stem: str
-) -> int | None:
-    """Parameters of a network without a summary.json yet (a run still in progress)."""
-    try:
-        from resexp.models import build_model, count_parameters
-
-        model = build_model(depth, residual, shortcut, block, family=family, stem=stem)
-        return count_parameters(model)
-    except Exception:
-        return None
 
 
 def family_of(arch: str, depth: int) -> str:
@@ -302,11 +361,8 @@ def group_networks(runs: list[Run]) -> list[Network]:
     latest values of its runs in progress (the network is then ``preliminary``). Diverged and
     failed runs never count.
     """
-    by_arch: dict[str, list[Run]] = {}
-    for run in runs:
-        by_arch.setdefault(run.arch, []).append(run)
     networks = []
-    for arch, group in by_arch.items():
+    for arch, group in group_by_arch(runs).items():
         first = group[0]
         usable = [r for r in group if r.usable]
         used = [r for r in usable if r.status == "completed"] or usable
@@ -329,6 +385,14 @@ def group_networks(runs: list[Run]) -> list[Network]:
         return (n.residual, n.family != ("resnet" if n.residual else "plain"), n.family, n.depth)
 
     return sorted(networks, key=order)
+
+
+def group_by_arch(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs of the same architecture (several seeds) together, in the runs' order."""
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.arch, []).append(r)
+    return groups
 
 
 def missing_networks(networks: list[Network]) -> list[str]:

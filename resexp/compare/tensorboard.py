@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 EVENTS_NAME = "events.out.tfevents.0000000000.resexp-compare"  # in each run's folder
 EVENTS_GLOB = "events.out.tfevents.*.resexp-compare"
 LAYOUT_EVENTS = "events.out.tfevents.0000000000.resexp-layout"  # in the study folder
-HPARAMS = ("depth", "residual", "seed", "block", "shortcut", "arch", "status")  # Run's fields
+HPARAMS = ("depth", "residual", "seed", "block", "shortcut", "arch", "status")  # Run properties
 Planned = tuple[str, int, bool]  # a network: arch, depth, residual
 
 
@@ -85,7 +85,7 @@ def write_tensorboard(runs: list[Run], networks: list[Network]) -> list[Path]:
         metrics = {"hparams/final_train_error": final.get("train_error"),
                    "hparams/final_test_error": final.get("test_error")}  # fmt: skip
         experiment, start, end = hparams(values[run.path], metrics, domains)
-        live = bool((run.summary or {}).get("tensorboard_figure6_tags"))  # written by the run
+        live = bool(run.summary.get("tensorboard_figure6_tags"))  # written by the run
         for old in run.path.glob(EVENTS_GLOB):
             old.unlink()
         with _events_file(run.path / EVENTS_NAME) as writer:

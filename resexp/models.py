@@ -569,6 +569,8 @@ class _ResNet(nn.Module):
     """What both families share: stages of blocks after a stem, a last BN-ReLU for
     pre-activation blocks, global average pooling, the classifier, He initialization."""
 
+    residual: bool
+    shortcut: Shortcut
     conv1: nn.Conv2d
     bn1: nn.BatchNorm2d
     maxpool: nn.Module | None
@@ -576,21 +578,16 @@ class _ResNet(nn.Module):
     fc: nn.Linear
 
     def _make_stages(
-        self,
-        block_type: type[_Block],
-        in_planes: int,
-        widths: Sequence[int],
-        counts: Sequence[int],
-        residual: bool,
-        shortcut: Shortcut,
+        self, block_type: type[_Block], widths: Sequence[int], counts: Sequence[int]
     ) -> int:
         """Stages layer1, layer2, ... of ``counts`` blocks; the first block of every stage but the
         first one halves the map (stride 2). Returns the channels of the last stage."""
         self.num_stages = len(widths)
+        in_planes = widths[0]  # the stem's output
         for i, (planes, count) in enumerate(zip(widths, counts, strict=True)):
             layers = []
             for s in [1 if i == 0 else 2] + [1] * (count - 1):
-                layers.append(block_type(in_planes, planes, s, residual, shortcut))
+                layers.append(block_type(in_planes, planes, s, self.residual, self.shortcut))
                 in_planes = planes * block_type.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*layers))
         return in_planes
@@ -662,9 +659,7 @@ class CifarResNet(_ResNet):
         self.bn1 = nn.BatchNorm2d(WIDTHS[0])
         self.maxpool = None
         # Stages on 32, 16 and 8 pixel maps.
-        out_planes = self._make_stages(
-            block_type, WIDTHS[0], WIDTHS, [self.n] * 3, residual, shortcut
-        )
+        out_planes = self._make_stages(block_type, WIDTHS, [self.n] * 3)
         if block == "bottleneck":  # the stem's BN-ReLU pre-activates it (He et al. 2016, appendix)
             first = self.blocks()[0]
             assert isinstance(first, PreActBottleneck)
@@ -713,7 +708,7 @@ class ImageNetResNet(_ResNet):
             self.conv1 = conv3x3(3, 64)
             self.maxpool = None
         self.bn1 = nn.BatchNorm2d(64)
-        out_planes = self._make_stages(block_type, 64, IMAGENET_WIDTHS, counts, residual, shortcut)
+        out_planes = self._make_stages(block_type, IMAGENET_WIDTHS, counts)
         self.final_bn = None
         self.fc = nn.Linear(out_planes, num_classes)
 

@@ -221,10 +221,8 @@ def shortcut_between(in_shape: Sequence[int], out_shape: Sequence[int], shortcut
         (c, h, w), (c2, h2, w2) = in_shape, out_shape
         # A stride-s shortcut (a 1x1 conv, or taking every s-th pixel) maps H to ceil(H / s).
         strides = [s for s in range(1, max(h, w) + 1) if -(-h // s) == h2 and -(-w // s) == w2]
-        if strides and shortcut == "B":
-            return ShortcutB(c, c2, strides[0])
-        if strides and c2 >= c:
-            return ShortcutA(c, c2, strides[0])
+        if strides and (shortcut == "B" or c2 >= c):
+            return make_shortcut(c, c2, strides[0], shortcut)
         if strides:
             why = "option A can only add channels; shortcut B projects to fewer"
         else:

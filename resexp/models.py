@@ -498,8 +498,6 @@ BLOCK_TYPES: dict[str, type[_Block]] = {
     "highway": HighwayBlock,
     "bottleneck": PreActBottleneck,
 }
-# Blocks that end on an addition: their net needs one more BN-ReLU before pooling.
-PREACT_BLOCKS: tuple[type[_Block], ...] = (PreActBlock, PreActBottleneck)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -664,7 +662,7 @@ class CifarResNet(_ResNet):
             first.bn1 = None
         # Pre-activation blocks end on an addition, so the net needs one more BN-ReLU before
         # pooling (He et al. 2016, appendix).
-        self.final_bn = nn.BatchNorm2d(out_planes) if block_type in PREACT_BLOCKS else None
+        self.final_bn = nn.BatchNorm2d(out_planes) if block in ("preact", "bottleneck") else None
         self.fc = nn.Linear(out_planes, num_classes)
 
         self._init_weights()

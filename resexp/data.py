@@ -179,17 +179,10 @@ def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
     what = "a CIFAR-10 batch"
     train = [_read_cifar_pickle(folder / name, b"labels", what) for name in CIFAR10_TRAIN_FILES]
     test_x, test_y = _read_cifar_pickle(folder / "test_batch", b"labels", what)
-    meta = _unpickle(folder / "batches.meta")
-    classes = [name.decode() for name in meta[b"label_names"]]
+    classes = [name.decode() for name in _unpickle(folder / "batches.meta")[b"label_names"]]
     train_x, train_y = torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])
     log.info("CIFAR-10 at %s: %d train / %d test images", root, len(train_x), len(test_x))
-    return {
-        "train_x": train_x,
-        "train_y": train_y,
-        "test_x": test_x,
-        "test_y": test_y,
-        "classes": classes,
-    }
+    return dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=classes)
 
 
 def _read_cifar100(root: Path, download: bool) -> dict[str, Any]:
@@ -211,13 +204,7 @@ def _read_cifar100(root: Path, download: bool) -> dict[str, Any]:
     test_x, test_y = _read_cifar_pickle(folder / "test", b"fine_labels", "a CIFAR-100 set")
     classes = [name.decode() for name in _unpickle(folder / "meta")[b"fine_label_names"]]
     log.info("CIFAR-100 at %s: %d train / %d test images", root, len(train_x), len(test_x))
-    return {
-        "train_x": train_x,
-        "train_y": train_y,
-        "test_x": test_x,
-        "test_y": test_y,
-        "classes": classes,
-    }
+    return dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=classes)
 
 
 def _download(root: Path, name: str, alternatives: str) -> None:

@@ -288,10 +288,15 @@ def _size_mtime(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder`` in name order, without hidden ones (names starting with a dot)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def _find_tree(root: Path) -> Path:
     """The folder holding train/ and test/: ``root`` or, if it holds one folder only, that one."""
     while not (root / "train").exists():
-        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        entries = _visible(root)
         if len(entries) != 1 or not entries[0].is_dir():
             break
         root = entries[0]
@@ -348,18 +353,12 @@ def _list_folder(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]
         folder = root / split
         if not folder.is_dir():
             raise DataError(f"{root} has no {split}/ folder; {what}")
-        class_folders = sorted(
-            p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-        )
+        class_folders = [p for p in _visible(folder) if p.is_dir()]
         if not class_folders:
             raise DataError(f"{folder} has no class folders; {what}")
         splits[split] = {}
         for c in class_folders:
-            images = sorted(
-                p
-                for p in c.iterdir()
-                if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            )
+            images = [p for p in _visible(c) if p.suffix.lower() in IMAGE_SUFFIXES]
             if not images:
                 raise DataError(f"class folder {c} has no {'/'.join(IMAGE_SUFFIXES)} images")
             splits[split][c.name] = images

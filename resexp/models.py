@@ -211,8 +211,7 @@ class Residual(nn.Module):
 
 
 def shortcut_between(in_shape: Sequence[int], out_shape: Sequence[int], shortcut: str) -> nn.Module:
-    """The shortcut from ``in_shape`` to ``out_shape`` (batch dimension left out): the identity,
-    option A or option B; ValueError, naming both shapes, where none fits."""
+    """The shortcut from ``in_shape`` to ``out_shape`` (batch left out) that ``Residual`` fits."""
     in_shape, out_shape = tuple(in_shape), tuple(out_shape)
     if in_shape == out_shape:
         return nn.Identity()

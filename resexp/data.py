@@ -85,12 +85,12 @@ def load_data(cfg: Any) -> ImageData:
         sets, where = _folder(cfg), f"image folder {cfg.root}"
     elif cfg.source == "synthetic":
         s = cfg.synthetic
-        sets = _synthetic(cfg)
-        where = f"synthetic (seed {s.seed}, noise {s.noise:g})"
+        sets, where = _synthetic(cfg), f"synthetic (seed {s.seed}, noise {s.noise:g})"
     else:
         raise DataError(f"unknown data source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
 
     train_x, train_y, test_x, test_y = (sets[k] for k in ("train_x", "train_y", "test_x", "test_y"))
+    heldout = "validation" if cfg.validation else "test"
     notes = []
     if cfg.validation:
         n = len(train_x)
@@ -103,11 +103,10 @@ def load_data(cfg: Any) -> ImageData:
             subsets.append(f"{len(train_x)} train")
         if cfg.test_size is not None:
             test_x, test_y = _subset(test_x, test_y, cfg.test_size, "data.test_size")
-            subsets.append(f"{len(test_x)} {'validation' if cfg.validation else 'test'}")
+            subsets.append(f"{len(test_x)} {heldout}")
         if subsets:
             notes.append("fixed random subsets of " + " / ".join(subsets))
 
-    heldout = "validation" if cfg.validation else "test"
     description = (
         f"{where}: {len(train_x)} train / {len(test_x)} {heldout}, {len(sets['classes'])} classes"
     )

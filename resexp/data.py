@@ -149,15 +149,6 @@ def prepare_data(cfg: Any) -> ImageData:
 # Sources: each returns {"train_x", "train_y", "test_x", "test_y", "classes"}
 
 
-def _alternatives(root: Path | str) -> str:
-    return (
-        f"Alternatives: put torchvision's CIFAR-10 files (the folder {CIFAR10_FOLDER}/) into "
-        f"{root}; or use an image-folder tree or archive with `data=folder data.root=PATH` "
-        "(e.g. an image-folder archive of CIFAR-10: data.root=cifar10-jpeg.tar.xz); or run a "
-        "smoke test on generated images with `data=synthetic`."
-    )
-
-
 def _cifar(cfg: Any, read: Callable[[Path, bool], dict[str, Any]]) -> dict[str, Any]:
     """CIFAR-10 or CIFAR-100 (``cfg.source``) under ``cfg.root``: read by ``read`` (downloaded if
     allowed) on the first run, then from the cache."""
@@ -169,12 +160,18 @@ def _cifar(cfg: Any, read: Callable[[Path, bool], dict[str, Any]]) -> dict[str, 
 def _read_cifar10(root: Path, download: bool) -> dict[str, Any]:
     folder = root / CIFAR10_FOLDER
     if not folder.is_dir():
+        alternatives = (
+            f"Alternatives: put torchvision's CIFAR-10 files (the folder {CIFAR10_FOLDER}/) into "
+            f"{root}; or use an image-folder tree or archive with `data=folder data.root=PATH` "
+            "(e.g. an image-folder archive of CIFAR-10: data.root=cifar10-jpeg.tar.xz); or run a "
+            "smoke test on generated images with `data=synthetic`."
+        )
         if not download:
             raise DataError(
                 f"CIFAR-10 is not in {root} (no {CIFAR10_FOLDER}/ there) and data.download is "
-                f"false. {_alternatives(root)}"
+                f"false. {alternatives}"
             )
-        _download(root, "CIFAR-10", _alternatives(root))
+        _download(root, "CIFAR-10", alternatives)
     what = "a CIFAR-10 batch"
     train = [_read_cifar_pickle(folder / name, b"labels", what) for name in CIFAR10_TRAIN_FILES]
     test_x, test_y = _read_cifar_pickle(folder / "test_batch", b"labels", what)

@@ -129,11 +129,6 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_file, {**summary, "format": FORMAT})
 
-    @property
-    def status(self) -> str:
-        """completed, interrupted, diverged, failed, or partial (no summary.json)."""
-        return str((self.read_summary() or {}).get("status", "partial"))
-
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics_file)
 

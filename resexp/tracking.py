@@ -117,9 +117,7 @@ def session_end(end: Any, status: str) -> Any:
     return end
 
 
-def log_gradient_stats(
-    writer: Any, model: torch.nn.Module, step: int, histograms: bool = True
-) -> None:
+def log_gradient_stats(writer: Any, model: torch.nn.Module, step: int) -> None:
     """Write ``grad_norm/<layer>`` scalars and ``weights/<layer>`` histograms for ``step``.
 
     Call it after ``loss.backward()`` (it reads ``.grad``) and before the next ``zero_grad``.
@@ -137,9 +135,8 @@ def log_gradient_stats(
     norms = torch.stack([grad.detach().float().norm() for _, _, grad in named]).cpu().tolist()
     for (name, _, _), n in zip(named, norms, strict=True):
         writer.add_scalar(f"grad_norm/{name}", n, step)
-    if histograms:
-        for name, p, _ in named:
-            writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+    for name, p, _ in named:
+        writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
 
 
 # ----------------------------------------------------------------------------------------------

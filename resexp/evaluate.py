@@ -46,7 +46,7 @@ from torch import Tensor
 from resexp.config import data_for_run, explicit_keys
 from resexp.data import eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError, one_line
-from resexp.models import CifarResNet, ResNet, build_model, count_parameters
+from resexp.models import WIDTHS, CifarResNet, ResNet, build_model, count_parameters
 from resexp.rundir import RunDir, write_json
 from resexp.runtime import Runtime, float64_device, resolve
 
@@ -76,7 +76,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # akamaster/pytorch_resnet_cifar10's checkpoints
 
 
-def stream_orders(widths: Sequence[int] = (16, 32, 64)) -> list[Tensor]:
+def stream_orders() -> list[Tensor]:
     """For each stage, the akamaster channel that holds resexp's channel j of the residual stream.
 
     Stage 1: the same channels. Each later stage: their option A puts the previous stage's
@@ -84,11 +84,9 @@ def stream_orders(widths: Sequence[int] = (16, 32, 64)) -> list[Tensor]:
     the previous stage had) are theirs at ``planes // 4 + previous order``; the zero-padded rest
     follow in their own order.
     """
-    orders = [torch.arange(widths[0])]
-    for previous, planes in itertools.pairwise(widths):
+    orders = [torch.arange(WIDTHS[0])]
+    for previous, planes in itertools.pairwise(WIDTHS):
         front = planes // 4  # their F.pad(..., (0, 0, 0, 0, planes//4, planes//4))
-        if 2 * front + previous != planes:
-            raise ValueError(f"option A from {previous} to {planes} channels is not their padding")
         padded = [c for c in range(planes) if not front <= c < front + previous]
         orders.append(torch.cat([front + orders[-1], torch.tensor(padded)]))
     return orders

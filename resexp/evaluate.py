@@ -232,7 +232,7 @@ def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:
 
 
 def weights_from_run(run: Any, claims: Mapping[str, Any]) -> Weights:
-    """The latest readable checkpoint of a resexp run (``resexp.analysis.common.Run``)."""
+    """The latest readable checkpoint of a resexp run (``resexp.compare.runs.Run``)."""
     state = run.dir.load_checkpoint()
     if state is None:
         raise ResexpError(f"{run.path} has no checkpoint yet; train it first")
@@ -588,8 +588,7 @@ def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weig
 
 
 def write_evaluation(result: Evaluation) -> None:
-    """``evaluation.json`` and ``confusion.png`` in the result's folder."""
-    result.out_dir.mkdir(parents=True, exist_ok=True)
+    """``evaluation.json`` and ``confusion.png`` in the result's folder, created if need be."""
     write_json(result.out_dir / RESULT_JSON, result.to_json())
     plot_confusion(result).savefig(result.out_dir / CONFUSION_PNG, dpi=120)
 

@@ -270,11 +270,8 @@ def compile_for(option: str, device: torch.device, iterations: int) -> bool:
         raise ConfigError(f"compile must be {', '.join(COMPILE_OPTIONS)}, not {option!r}")
     if option != "auto":
         return option != "false"
-    if device.type == "cpu":
-        return iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
-    if device.type == "cuda":
-        return iterations >= COMPILE_MIN_ITERATIONS_CUDA and compile_unavailable(device) is None
-    return False
+    minimum = {"cpu": COMPILE_MIN_ITERATIONS, "cuda": COMPILE_MIN_ITERATIONS_CUDA}.get(device.type)
+    return minimum is not None and iterations >= minimum and compile_unavailable(device) is None
 
 
 def compile_mode(option: str) -> str | None:

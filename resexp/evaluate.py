@@ -278,7 +278,7 @@ def _resexp_weights(
 
 
 def _akamaster_weights(
-    state: Any, tensors: dict, path: Path, out_dir: Path, claims: Mapping[str, Any]
+    state: dict, tensors: dict, path: Path, out_dir: Path, claims: Mapping[str, Any]
 ) -> Weights:
     tensors = akamaster_keys(tensors)
     where = f"{path} ({AKAMASTER} format)"
@@ -322,7 +322,7 @@ def _akamaster_weights(
         raise ResexpError(f"{where}: tensors of the wrong shape: {', '.join(wrong[:3])}")
     model.load_state_dict(mapped)
     reference: dict[str, Any] = {}
-    best = state.get("best_prec1") if isinstance(state, dict) else None
+    best = state.get("best_prec1")
     if best is not None:
         reference["best_prec1"] = float(best)
         reference["test_error_from_best_prec1"] = round(100.0 - float(best), 4)

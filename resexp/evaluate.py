@@ -106,7 +106,7 @@ def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {_their_key(k): v for k, v in state_dict.items()}
 
 
-def akamaster_depth(state_dict: Mapping[str, Any], where: str = "the file") -> int:
+def akamaster_depth(state_dict: Mapping[str, Any], where: str) -> int:
     """6n+2 from the blocks per stage of one of their state dicts (``akamaster_keys`` applied)."""
     found = [m for k in state_dict if (m := _AKAMASTER_KEY.fullmatch(k))]
     counts = [len({int(m.group(2)) for m in found if m.group(1) == stage}) for stage in "123"]

@@ -324,13 +324,12 @@ class _Baseline:
 
 def bench(cfg: Any) -> dict[str, Any]:
     """Measure resexp's training step, evaluation and memory, and the conventional loop beside it,
-    for ``cfg`` (a checked ``BenchConfig``: ``resexp.cli.bench_config``).
+    for ``cfg`` (a checked ``BenchConfig``: ``resexp.cli.bench_config``), as a JSON-ready dict.
 
-    ``bench.iterations`` timed steps per loop follow ``bench.warmup`` untimed ones; the timed
-    steps run in ``bench.rounds`` blocks that alternate between resexp and the baseline. The
-    runtime resolves as ``train.fit`` resolves it for ``cfg`` (``compile=auto``: for the
-    schedule's length, the paper's 64k iterations by default); the baseline evaluates at the
-    training batch size. Returns a JSON-ready dict.
+    ``bench.iterations`` timed steps per loop, in ``bench.rounds`` alternating blocks, follow
+    ``bench.warmup`` untimed ones. The runtime resolves as ``train.fit`` resolves it for ``cfg``
+    (``compile=auto``: for the schedule's length, the paper's 64k iterations by default); the
+    baseline evaluates at the training batch size.
     """
     s = cfg.schedule
     runtime = resolve(cfg, iterations=s.iterations)

@@ -46,7 +46,7 @@ from torch import Tensor
 from resexp.config import data_for_run, explicit_keys
 from resexp.data import eval_batches, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError, one_line
-from resexp.models import CifarResNet, ResNet, build_model, count_parameters
+from resexp.models import WIDTHS, CifarResNet, ResNet, build_model, count_parameters
 from resexp.rundir import RunDir, write_json
 from resexp.runtime import Runtime, float64_device, resolve
 
@@ -76,7 +76,7 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # akamaster/pytorch_resnet_cifar10's checkpoints
 
 
-def stream_orders(widths: Sequence[int] = (16, 32, 64)) -> list[Tensor]:
+def stream_orders() -> list[Tensor]:
     """For each stage, the akamaster channel that holds resexp's channel j of the residual stream.
 
     Stage 1: the same channels. Each later stage: their option A puts the previous stage's
@@ -84,11 +84,9 @@ def stream_orders(widths: Sequence[int] = (16, 32, 64)) -> list[Tensor]:
     the previous stage had) are theirs at ``planes // 4 + previous order``; the zero-padded rest
     follow in their own order.
     """
-    orders = [torch.arange(widths[0])]
-    for previous, planes in itertools.pairwise(widths):
+    orders = [torch.arange(WIDTHS[0])]
+    for previous, planes in itertools.pairwise(WIDTHS):
         front = planes // 4  # their F.pad(..., (0, 0, 0, 0, planes//4, planes//4))
-        if 2 * front + previous != planes:
-            raise ValueError(f"option A from {previous} to {planes} channels is not their padding")
         padded = [c for c in range(planes) if not front <= c < front + previous]
         orders.append(torch.cat([front + orders[-1], torch.tensor(padded)]))
     return orders
@@ -108,7 +106,7 @@ def akamaster_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return {_their_key(k): v for k, v in state_dict.items()}
 
 
-def akamaster_depth(state_dict: Mapping[str, Any], where: str = "the file") -> int:
+def akamaster_depth(state_dict: Mapping[str, Any], where: str) -> int:
     """6n+2 from the blocks per stage of one of their state dicts (``akamaster_keys`` applied)."""
     found = [m for k in state_dict if (m := _AKAMASTER_KEY.fullmatch(k))]
     counts = [len({int(m.group(2)) for m in found if m.group(1) == stage}) for stage in "123"]
@@ -234,7 +232,7 @@ def weights_from_file(path: Path, claims: Mapping[str, Any]) -> Weights:
 
 
 def weights_from_run(run: Any, claims: Mapping[str, Any]) -> Weights:
-    """The latest readable checkpoint of a resexp run (``resexp.analysis.common.Run``)."""
+    """The latest readable checkpoint of a resexp run (``resexp.compare.runs.Run``)."""
     state = run.dir.load_checkpoint()
     if state is None:
         raise ResexpError(f"{run.path} has no checkpoint yet; train it first")
@@ -280,7 +278,7 @@ def _resexp_weights(
 
 
 def _akamaster_weights(
-    state: Any, tensors: dict, path: Path, out_dir: Path, claims: Mapping[str, Any]
+    state: dict, tensors: dict, path: Path, out_dir: Path, claims: Mapping[str, Any]
 ) -> Weights:
     tensors = akamaster_keys(tensors)
     where = f"{path} ({AKAMASTER} format)"
@@ -324,7 +322,7 @@ def _akamaster_weights(
         raise ResexpError(f"{where}: tensors of the wrong shape: {', '.join(wrong[:3])}")
     model.load_state_dict(mapped)
     reference: dict[str, Any] = {}
-    best = state.get("best_prec1") if isinstance(state, dict) else None
+    best = state.get("best_prec1")
     if best is not None:
         reference["best_prec1"] = float(best)
         reference["test_error_from_best_prec1"] = round(100.0 - float(best), 4)
@@ -590,8 +588,7 @@ def _weights_in_folder(path: Path, claims: Mapping[str, Any]) -> tuple[list[Weig
 
 
 def write_evaluation(result: Evaluation) -> None:
-    """``evaluation.json`` and ``confusion.png`` in the result's folder."""
-    result.out_dir.mkdir(parents=True, exist_ok=True)
+    """``evaluation.json`` and ``confusion.png`` in the result's folder, created if need be."""
     write_json(result.out_dir / RESULT_JSON, result.to_json())
     plot_confusion(result).savefig(result.out_dir / CONFUSION_PNG, dpi=120)
 

@@ -129,11 +129,6 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary_file, {**summary, "format": FORMAT})
 
-    @property
-    def status(self) -> str:
-        """completed, interrupted, diverged, failed, or partial (no summary.json)."""
-        return str((self.read_summary() or {}).get("status", "partial"))
-
     def read_metrics(self) -> list[dict]:
         return read_metrics(self.metrics_file)
 
@@ -152,8 +147,8 @@ class RunDir:
             os.replace(self.checkpoint_file, self.previous_checkpoint_file)
         os.replace(new, self.checkpoint_file)
 
-    def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict | None:
-        """The newest readable checkpoint of the run, or None if it has none.
+    def load_checkpoint(self) -> dict | None:
+        """The newest readable checkpoint of the run, on the CPU, or None if it has none.
 
         An unreadable newest checkpoint is left in place for inspection (never deleted); the
         previous one is used when it is readable, else the run stops with a message saying what
@@ -167,7 +162,7 @@ class RunDir:
         for path in candidates:
             if not path.exists():
                 continue
-            state = _read_checkpoint(path, map_location)
+            state = _read_checkpoint(path)
             if state is None:
                 broken.append(path)
                 continue
@@ -187,7 +182,7 @@ class RunDir:
         """(iteration, model state dict) of each readable saved checkpoint, oldest first."""
         found = {}
         for path in (self.previous_checkpoint_file, self.checkpoint_file):
-            state = _read_checkpoint(path, "cpu") if path.exists() else None
+            state = _read_checkpoint(path) if path.exists() else None
             if state is not None:
                 found[int(state["iteration"])] = state["model"]
         return sorted(found.items())
@@ -199,10 +194,10 @@ class RunDir:
         return kept
 
 
-def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict | None:
-    """A resexp checkpoint's state, or None (with a warning) if it cannot be read."""
+def _read_checkpoint(path: Path) -> dict | None:
+    """A resexp checkpoint's state on the CPU, or None (with a warning) if it cannot be read."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or "iteration" not in state:
             raise ValueError("not a resexp checkpoint")
     except Exception as e:  # torch raises many kinds on a truncated or foreign file

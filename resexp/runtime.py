@@ -99,7 +99,7 @@ class Runtime:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Autocast to ``dtype`` (convolutions and the linear layer; weights, gradients, optimizer
-        state and the loss stay fp32), or nothing in fp32."""
+        state and the loss stay fp32: PyTorch AMP docs), or nothing in fp32."""
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
@@ -111,17 +111,15 @@ class Runtime:
         model.to(memory_format=self.memory_format)  # Module.to takes it alone, as documented
         if not self.compile:
             return model
-        # cast: torch types compile's result as any callable; for a module it is a module (an
-        # OptimizedModule, which shares the model's parameters).
+        # cast: torch types compile's result as any callable; for a module it is an OptimizedModule.
         return cast(torch.nn.Module, torch.compile(model, mode=self.compile_mode))
 
 
 def resolve(cfg: Any, iterations: int | None = None) -> Runtime:
     """The runtime ``cfg`` asks for (its ``device``, ``precision``, ``channels_last``, ``compile``
     and ``threads``), each checked. ``iterations``: the training steps of the job, which
-    ``compile=auto`` weighs; None for a job that trains no run: never compiled.
-
-    What a device lacks falls back, with a note: see ``Runtime.explain``."""
+    ``compile=auto`` weighs; None for a job that trains no run: never compiled. What a device
+    lacks falls back, with a note: see ``Runtime.explain``."""
     device = select_device(cfg.device)
     dtype, why_precision = choose_precision(cfg.precision, device)
     notes = [why_precision]
@@ -201,8 +199,7 @@ def choose_precision(option: str, device: torch.device) -> tuple[torch.dtype | N
     CUDA 7.x (Volta, Turing: fp16 tensor cores, no bf16 ones); fp32 on older GPUs, other CPUs and
     MPS (unmeasured there). On a 2-core AMD EPYC (AVX512-BF16) bf16 autocast trains ResNet-20
     about 1.7x faster than fp32, and short runs on CIFAR-10 reach the same test error in either
-    (README, "Speed"). Weights, gradients, optimizer state and the loss stay fp32; only
-    convolutions and the linear layer run in the lower precision (PyTorch AMP docs).
+    (README, "Speed"). What runs in the lower precision: ``Runtime.autocast``.
     """
     option = str(option).lower()
     if option not in PRECISIONS:
@@ -270,11 +267,8 @@ def compile_for(option: str, device: torch.device, iterations: int) -> bool:
         raise ConfigError(f"compile must be {', '.join(COMPILE_OPTIONS)}, not {option!r}")
     if option != "auto":
         return option != "false"
-    if device.type == "cpu":
-        return iterations >= COMPILE_MIN_ITERATIONS and cpp_compiler() is not None
-    if device.type == "cuda":
-        return iterations >= COMPILE_MIN_ITERATIONS_CUDA and compile_unavailable(device) is None
-    return False
+    minimum = {"cpu": COMPILE_MIN_ITERATIONS, "cuda": COMPILE_MIN_ITERATIONS_CUDA}.get(device.type)
+    return minimum is not None and iterations >= minimum and compile_unavailable(device) is None
 
 
 def compile_mode(option: str) -> str | None:

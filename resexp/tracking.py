@@ -36,13 +36,12 @@ class Tracker:
     resumed curve has no duplicate or stale points.
     """
 
-    def __init__(
-        self, run_dir: Path, history: list[dict] | None = None, hparams: dict | None = None
-    ):
+    def __init__(self, run_dir: Path, history: list[dict], hparams: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         self.metrics_path = RunDir(run_dir).metrics_file
-        self.rows: list[dict] = list(history or [])
+        self.rows = list(history)
         # Rewrite the file from the checkpoint's own history: rows logged after the checkpoint
         # by an interrupted process are stale and must not stay.
         atomic_write(
@@ -54,14 +53,11 @@ class Tracker:
         # by `resexp sweep` at its start, and by `resexp compare`) charts plain against
         # residual by these tags, live.
         self.arch = run_dir.parent.name
-        self._hparams_end: Any = None  # the HParams session's end, which ``close`` writes
-        if hparams:
-            from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-            metrics = {"error/test": None, "error/train": None}
-            _, start, self._hparams_end = hparams_summaries(hparams, metrics)
-            if not self.rows:  # a fresh run: a session in TensorBoard's HParams tab
-                file_writer(self.writer).add_summary(start)
+        # A session in TensorBoard's HParams tab: started by a fresh run, ended by ``close``.
+        metrics = {"error/test": None, "error/train": None}
+        _, start, self._hparams_end = hparams_summaries(hparams, metrics)
+        if not self.rows:
+            file_writer(self.writer).add_summary(start)
 
     def log_row(self, row: dict) -> None:
         """Record one row: iteration, training error (%) and loss, lr, and at evaluations the
@@ -90,7 +86,7 @@ class Tracker:
     def close(self, status: str | None = None) -> None:
         """Flush and close; with ``status`` (completed, diverged, ...), end the HParams session
         (still running for an interrupted run)."""
-        if self._hparams_end is not None and status in ("completed", "diverged", "failed"):
+        if status in ("completed", "diverged", "failed"):
             file_writer(self.writer).add_summary(session_end(self._hparams_end, status))
         self.writer.close()
 
@@ -117,9 +113,7 @@ def session_end(end: Any, status: str) -> Any:
     return end
 
 
-def log_gradient_stats(
-    writer: Any, model: torch.nn.Module, step: int, histograms: bool = True
-) -> None:
+def log_gradient_stats(writer: Any, model: torch.nn.Module, step: int) -> None:
     """Write ``grad_norm/<layer>`` scalars and ``weights/<layer>`` histograms for ``step``.
 
     Call it after ``loss.backward()`` (it reads ``.grad``) and before the next ``zero_grad``.
@@ -137,9 +131,8 @@ def log_gradient_stats(
     norms = torch.stack([grad.detach().float().norm() for _, _, grad in named]).cpu().tolist()
     for (name, _, _), n in zip(named, norms, strict=True):
         writer.add_scalar(f"grad_norm/{name}", n, step)
-    if histograms:
-        for name, p, _ in named:
-            writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+    for name, p, _ in named:
+        writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_files_written_before_the_format_existed_still_read(tmp_path):
     run.path.mkdir(parents=True)
     run.summary_file.write_text(json.dumps({"status": "completed", "iterations": 1500}))
     torch.save({"iteration": 1500, "model": {"w": torch.ones(1)}}, run.checkpoint_file)
-    assert run.status == "completed"
+    assert run.read_summary()["status"] == "completed"
     assert run.load_checkpoint()["iteration"] == 1500
     assert [it for it, _ in run.checkpoints()] == [1500]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,10 @@ ANALYSES: dict[str, Callable[..., None]] = {
     "shattering": shattering.analyze_shattering,
 }
 
-# name -> {option: (default, help)}: the options each analysis takes besides the common ones
+# name -> {option: (default, help)}: the options each analysis takes besides the common ones,
+# the OPTIONS of its function's module
 OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
-    "responses": responses.OPTIONS,
-    "gradients": gradients.OPTIONS,
-    "lesion": lesion.OPTIONS,
-    "landscape": landscape.OPTIONS,
-    "shattering": shattering.OPTIONS,
+    name: sys.modules[function.__module__].OPTIONS for name, function in ANALYSES.items()
 }
 
 # Analyses that measure networks at initialization and can run without trained runs.

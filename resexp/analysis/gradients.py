@@ -12,8 +12,8 @@ What the literature expects:
   shortcuts *explode* towards the input, exponentially with depth; identity shortcuts keep them
   within a small factor across layers (see also Balduzzi et al. 2017, sec. 4).
 
-``log_gradient_stats`` writes the same per-layer norms (and weight histograms) to TensorBoard from
-inside a training loop.
+``resexp.tracking.log_gradient_stats`` writes the same per-layer norms (and weight histograms) to
+TensorBoard from inside a training loop.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from resexp.analysis.common import (
 )
 from resexp.compare.figure import depth_colors
 from resexp.compare.runs import Run
-from resexp.tracking import log_gradient_stats  # noqa: F401  (re-exported)
 
 OPTIONS: dict[str, tuple[object, str]] = {
     "grad_images": (

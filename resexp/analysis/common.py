@@ -260,11 +260,12 @@ class Output:
         return self._record(path)
 
     def json(self, stem: str, obj: Any) -> Path:
-        """Write ``obj`` as ``<stem>.json``; a dict gains ``samples`` (the images it looked at)
-        and ``analysed_runs`` (each run's status and iteration)."""
+        """Write ``obj`` as ``<stem>.json``; a dict gains ``checks`` (see ``check``), ``samples``
+        (the images it looked at) and ``analysed_runs`` (each run's status and iteration)."""
         if isinstance(obj, dict):
             obj = {
                 **obj,
+                "checks": self.checks,
                 "samples": list(self.samples.values()),
                 "analysed_runs": [
                     {"run": r.label, "status": r.status, "iteration": r.iteration}
@@ -277,20 +278,21 @@ class Output:
 
     def check(
         self, claim: str, expected: str, measured: str, agrees: bool | None, source: str
-    ) -> dict[str, Any]:
+    ) -> None:
         """Record and log one comparison with the literature (agrees None: cannot be judged)."""
         unfinished = [r.label for r in self.runs if r.status != "completed"]
         if unfinished:  # never compared as if trained: say which runs had not finished
             measured += f" [not completed: {'; '.join(unfinished)}]"
-        item = {
-            "claim": claim,
-            "source": source,
-            "expected": expected,
-            "measured": measured,
-            "agrees": agrees,
-            "iterations": {r.label: r.iteration for r in self.runs},
-        }
-        self.checks.append(item)
+        self.checks.append(
+            {
+                "claim": claim,
+                "source": source,
+                "expected": expected,
+                "measured": measured,
+                "agrees": agrees,
+                "iterations": {r.label: r.iteration for r in self.runs},
+            }
+        )
         log.info(
             "%s: %s\n  expected: %s; measured: %s; agrees: %s",
             self.name,
@@ -299,7 +301,6 @@ class Output:
             measured,
             yes_no(agrees),
         )
-        return item
 
     def close(self) -> None:
         """Write the checks to TensorBoard as text, flush and close the event file."""

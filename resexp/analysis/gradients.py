@@ -150,7 +150,6 @@ def analyze_gradients(
                 }
                 for run in runs
             },
-            "checks": out.checks,
         },
     )
 

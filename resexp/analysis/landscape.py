@@ -210,7 +210,6 @@ def analyze_landscape(
             "seed": seed,
             "nonconvex_ratio": NONCONVEX_RATIO,
             "runs": {run.label: r for run, r in results.items()},
-            "checks": out.checks,
         },
     )
 

@@ -101,7 +101,7 @@ def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
 SAMPLE_SEED = 0  # every analysis of every network of a study looks at the same images
 
 
-def balanced_sample(y: Tensor, images: int | None, seed: int = SAMPLE_SEED) -> Tensor:
+def balanced_sample(y: Tensor, images: int | None) -> Tensor:
     """Indices of a seeded, class-balanced sample of ``images`` of the labels ``y``, shuffled.
 
     Each class gets ``images // classes`` images, and the remainder one more each in a seeded
@@ -109,7 +109,7 @@ def balanced_sample(y: Tensor, images: int | None, seed: int = SAMPLE_SEED) -> T
     there are: all of them, shuffled. Never "the first N": an image folder is read class by
     class, so the first 2,000 CIFAR-10 test images would be airplanes and automobiles only.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
     labels = y.cpu()
     if not images or images >= len(labels):
         return torch.randperm(len(labels), generator=g)
@@ -134,9 +134,10 @@ class RunData:
     std: Tensor
     samples: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # drawn so far
 
-    def subset(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
+    def normalized(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
         """A seeded, class-balanced sample of ``images`` images of ``split`` (see
-        ``balanced_sample``; None or 0: all of them), recorded in ``samples``."""
+        ``balanced_sample``; None or 0: all of them), recorded in ``samples``; as float32,
+        normalised as in training, without augmentation."""
         d = self.images
         x, y = (d.train_x, d.train_y) if split == "train" else (d.test_x, d.test_y)
         index = balanced_sample(y, images).to(y.device)
@@ -149,11 +150,6 @@ class RunData:
             "per_class": per_class,
             "how": "seeded, class-balanced sample (resexp.analysis.common.balanced_sample)",
         }
-        return x, y
-
-    def normalized(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
-        """The subset as float32, normalised as in training, without augmentation."""
-        x, y = self.subset(split, images)
         return (x.float() - self.mean) / self.std, y
 
 
@@ -185,7 +181,7 @@ class Settings:
     """The settings every analysis takes: where it runs and how many images it looks at."""
 
     runtime: Runtime  # fp32, eager, contiguous: measurements, not speed
-    images: int | None  # test images: a balanced sample (RunData.subset); None or 0: all
+    images: int | None  # test images: a balanced sample (RunData.normalized); None or 0: all
     batch_size: int
     data: DataCache
 

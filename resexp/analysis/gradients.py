@@ -92,17 +92,9 @@ def analyze_gradients(
                     model.load_state_dict(state_dict)
                 norms = conv_gradient_norms(settings.runtime.prepare(model), x, y)
                 curves[run, state] = (iteration, [n for _, n in norms])
+                at = {**run.identity, "state": state, "iteration": iteration}
                 for i, (name, n) in enumerate(norms, start=1):
-                    rows.append(
-                        {
-                            **run.identity,
-                            "state": state,
-                            "iteration": iteration,
-                            "layer": i,
-                            "name": name,
-                            "grad_norm": n,
-                        }
-                    )
+                    rows.append({**at, "layer": i, "name": name, "grad_norm": n})
                     out.writer.add_scalar(f"grad_norm/{run.arch}/seed{run.seed}/{state}", n, i)
                 steps.tick(f"{run.label} {state}")
 

@@ -168,14 +168,8 @@ def analyze(
     out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
     settings = Settings(runtime, n_images or None, n_batch, DataCache(runtime.device, data))
     out.runs, out.samples = runs, settings.data.samples
-    log.info(
-        "analysis %s: %d run%s under %s -> %s",
-        name,
-        len(runs),
-        "" if len(runs) == 1 else "s",
-        target,
-        out.dir,
-    )
+    plural = "" if len(runs) == 1 else "s"
+    log.info("analysis %s: %d run%s under %s -> %s", name, len(runs), plural, target, out.dir)
     if threads > 0:  # as train: process-wide
         torch.set_num_threads(threads)
     try:

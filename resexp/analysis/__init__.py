@@ -70,9 +70,8 @@ COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "progress": (Config.progress, "auto (a bar on a terminal, lines otherwise), bar, lines, none"),
     "data": ("(each run's own)", "another source; data.KEY=VALUE: one setting of each run's"),
 }
-# resexp train's keys an analysis takes (and data.KEY), with train's defaults and checks: where
-# and on what it runs. The others (precision, compile, ...) do not apply: analyses measure each
-# run's network in fp32, eager.
+# resexp train's keys an analysis takes (and data.KEY), checked as train checks them: where and on
+# what it runs. The others (precision, compile, ...) do not apply: analyses measure in fp32, eager.
 TRAIN_KEYS = ("device", "threads", "progress", "data")
 
 

@@ -66,7 +66,6 @@ def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
     or still-running run's checkpoint is not a trained network, and its twin may have trained
     longer; with ``unfinished`` such runs come in, labelled with their state and iteration.
     Folders kept by ``restart=true`` (``seed0.old-*``) are not runs (``resexp.rundir.run_dirs``).
-    Sorted by block, depth, plain before residual, then seed.
     """
     target = Path(target)
     if not target.exists():

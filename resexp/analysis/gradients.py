@@ -50,11 +50,9 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 
 def conv_gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> list[tuple[str, float]]:
-    """(layer name, L2 norm of d loss / d weight) for each conv layer, on the batch x, y.
-
-    Training-mode BN (batch statistics), as in a training step. The model is left as it was:
-    gradients come from ``torch.autograd.grad`` (no ``.grad`` written), BN buffers are restored.
-    """
+    """(layer name, L2 norm of d loss / d weight) for each conv layer, on the batch x, y, with BN
+    in training mode. The model is left as it was: gradients come from ``torch.autograd.grad``
+    (no ``.grad`` written), BN buffers are restored."""
     layers = conv_layers(model)
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     was_training = model.training

@@ -23,7 +23,7 @@ from resexp.analysis import (
     parse_options,
 )
 from resexp.analysis.common import batches, find_runs
-from resexp.analysis.gradients import conv_gradient_norms, log_gradient_stats
+from resexp.analysis.gradients import conv_gradient_norms
 from resexp.analysis.landscape import (
     filter_normalized_direction,
     loss_surface,
@@ -35,6 +35,7 @@ from resexp.analysis.responses import layer_response_stds, response_modules
 from resexp.analysis.shattering import ScalarNet, autocorrelation, input_gradients
 from resexp.errors import ResexpError
 from resexp.models import build_model
+from resexp.tracking import log_gradient_stats
 from resexp.train import error_and_loss
 
 # Small settings for each analysis, so the whole file runs in well under a minute on 2 CPU cores.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,10 @@ ANALYSES: dict[str, Callable[..., None]] = {
     "shattering": shattering.analyze_shattering,
 }
 
-# name -> {option: (default, help)}: the options each analysis takes besides the common ones
+# name -> {option: (default, help)}: the options each analysis takes besides the common ones,
+# the OPTIONS of its function's module
 OPTIONS: dict[str, dict[str, tuple[Any, str]]] = {
-    "responses": responses.OPTIONS,
-    "gradients": gradients.OPTIONS,
-    "lesion": lesion.OPTIONS,
-    "landscape": landscape.OPTIONS,
-    "shattering": shattering.OPTIONS,
+    name: sys.modules[function.__module__].OPTIONS for name, function in ANALYSES.items()
 }
 
 # Analyses that measure networks at initialization and can run without trained runs.
@@ -72,9 +70,8 @@ COMMON_OPTIONS: dict[str, tuple[Any, str]] = {
     "progress": (Config.progress, "auto (a bar on a terminal, lines otherwise), bar, lines, none"),
     "data": ("(each run's own)", "another source; data.KEY=VALUE: one setting of each run's"),
 }
-# resexp train's keys an analysis takes (and data.KEY), with train's defaults and checks: where
-# and on what it runs. The others (precision, compile, ...) do not apply: analyses measure each
-# run's network in fp32, eager.
+# resexp train's keys an analysis takes (and data.KEY), checked as train checks them: where and on
+# what it runs. The others (precision, compile, ...) do not apply: analyses measure in fp32, eager.
 TRAIN_KEYS = ("device", "threads", "progress", "data")
 
 
@@ -170,14 +167,8 @@ def analyze(
     out = Output(name, Path(out_dir) if out_dir else target / "analysis" / name, progress)
     settings = Settings(runtime, n_images or None, n_batch, DataCache(runtime.device, data))
     out.runs, out.samples = runs, settings.data.samples
-    log.info(
-        "analysis %s: %d run%s under %s -> %s",
-        name,
-        len(runs),
-        "" if len(runs) == 1 else "s",
-        target,
-        out.dir,
-    )
+    plural = "" if len(runs) == 1 else "s"
+    log.info("analysis %s: %d run%s under %s -> %s", name, len(runs), plural, target, out.dir)
     if threads > 0:  # as train: process-wide
         torch.set_num_threads(threads)
     try:

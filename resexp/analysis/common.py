@@ -66,7 +66,6 @@ def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
     or still-running run's checkpoint is not a trained network, and its twin may have trained
     longer; with ``unfinished`` such runs come in, labelled with their state and iteration.
     Folders kept by ``restart=true`` (``seed0.old-*``) are not runs (``resexp.rundir.run_dirs``).
-    Sorted by block, depth, plain before residual, then seed.
     """
     target = Path(target)
     if not target.exists():
@@ -101,7 +100,7 @@ def find_runs(target: Path, unfinished: bool = False) -> list[Run]:
 SAMPLE_SEED = 0  # every analysis of every network of a study looks at the same images
 
 
-def balanced_sample(y: Tensor, images: int | None, seed: int = SAMPLE_SEED) -> Tensor:
+def balanced_sample(y: Tensor, images: int | None) -> Tensor:
     """Indices of a seeded, class-balanced sample of ``images`` of the labels ``y``, shuffled.
 
     Each class gets ``images // classes`` images, and the remainder one more each in a seeded
@@ -109,7 +108,7 @@ def balanced_sample(y: Tensor, images: int | None, seed: int = SAMPLE_SEED) -> T
     there are: all of them, shuffled. Never "the first N": an image folder is read class by
     class, so the first 2,000 CIFAR-10 test images would be airplanes and automobiles only.
     """
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(SAMPLE_SEED)
     labels = y.cpu()
     if not images or images >= len(labels):
         return torch.randperm(len(labels), generator=g)
@@ -134,9 +133,10 @@ class RunData:
     std: Tensor
     samples: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # drawn so far
 
-    def subset(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
+    def normalized(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
         """A seeded, class-balanced sample of ``images`` images of ``split`` (see
-        ``balanced_sample``; None or 0: all of them), recorded in ``samples``."""
+        ``balanced_sample``; None or 0: all of them), recorded in ``samples``; as float32,
+        normalised as in training, without augmentation."""
         d = self.images
         x, y = (d.train_x, d.train_y) if split == "train" else (d.test_x, d.test_y)
         index = balanced_sample(y, images).to(y.device)
@@ -149,11 +149,6 @@ class RunData:
             "per_class": per_class,
             "how": "seeded, class-balanced sample (resexp.analysis.common.balanced_sample)",
         }
-        return x, y
-
-    def normalized(self, split: str, images: int | None) -> tuple[Tensor, Tensor]:
-        """The subset as float32, normalised as in training, without augmentation."""
-        x, y = self.subset(split, images)
         return (x.float() - self.mean) / self.std, y
 
 
@@ -185,7 +180,7 @@ class Settings:
     """The settings every analysis takes: where it runs and how many images it looks at."""
 
     runtime: Runtime  # fp32, eager, contiguous: measurements, not speed
-    images: int | None  # test images: a balanced sample (RunData.subset); None or 0: all
+    images: int | None  # test images: a balanced sample (RunData.normalized); None or 0: all
     batch_size: int
     data: DataCache
 
@@ -260,11 +255,12 @@ class Output:
         return self._record(path)
 
     def json(self, stem: str, obj: Any) -> Path:
-        """Write ``obj`` as ``<stem>.json``; a dict gains ``samples`` (the images it looked at)
-        and ``analysed_runs`` (each run's status and iteration)."""
+        """Write ``obj`` as ``<stem>.json``; a dict gains ``checks`` (see ``check``), ``samples``
+        (the images it looked at) and ``analysed_runs`` (each run's status and iteration)."""
         if isinstance(obj, dict):
             obj = {
                 **obj,
+                "checks": self.checks,
                 "samples": list(self.samples.values()),
                 "analysed_runs": [
                     {"run": r.label, "status": r.status, "iteration": r.iteration}
@@ -277,20 +273,21 @@ class Output:
 
     def check(
         self, claim: str, expected: str, measured: str, agrees: bool | None, source: str
-    ) -> dict[str, Any]:
+    ) -> None:
         """Record and log one comparison with the literature (agrees None: cannot be judged)."""
         unfinished = [r.label for r in self.runs if r.status != "completed"]
         if unfinished:  # never compared as if trained: say which runs had not finished
             measured += f" [not completed: {'; '.join(unfinished)}]"
-        item = {
-            "claim": claim,
-            "source": source,
-            "expected": expected,
-            "measured": measured,
-            "agrees": agrees,
-            "iterations": {r.label: r.iteration for r in self.runs},
-        }
-        self.checks.append(item)
+        self.checks.append(
+            {
+                "claim": claim,
+                "source": source,
+                "expected": expected,
+                "measured": measured,
+                "agrees": agrees,
+                "iterations": {r.label: r.iteration for r in self.runs},
+            }
+        )
         log.info(
             "%s: %s\n  expected: %s; measured: %s; agrees: %s",
             self.name,
@@ -299,7 +296,6 @@ class Output:
             measured,
             yes_no(agrees),
         )
-        return item
 
     def close(self) -> None:
         """Write the checks to TensorBoard as text, flush and close the event file."""

@@ -12,8 +12,8 @@ What the literature expects:
   shortcuts *explode* towards the input, exponentially with depth; identity shortcuts keep them
   within a small factor across layers (see also Balduzzi et al. 2017, sec. 4).
 
-``log_gradient_stats`` writes the same per-layer norms (and weight histograms) to TensorBoard from
-inside a training loop.
+``resexp.tracking.log_gradient_stats`` writes the same per-layer norms (and weight histograms) to
+TensorBoard from inside a training loop.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from resexp.analysis.common import (
 )
 from resexp.compare.figure import depth_colors
 from resexp.compare.runs import Run
-from resexp.tracking import log_gradient_stats  # noqa: F401  (re-exported)
 
 OPTIONS: dict[str, tuple[object, str]] = {
     "grad_images": (
@@ -51,11 +50,9 @@ def conv_layers(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
 
 
 def conv_gradient_norms(model: nn.Module, x: Tensor, y: Tensor) -> list[tuple[str, float]]:
-    """(layer name, L2 norm of d loss / d weight) for each conv layer, on the batch x, y.
-
-    Training-mode BN (batch statistics), as in a training step. The model is left as it was:
-    gradients come from ``torch.autograd.grad`` (no ``.grad`` written), BN buffers are restored.
-    """
+    """(layer name, L2 norm of d loss / d weight) for each conv layer, on the batch x, y, with BN
+    in training mode. The model is left as it was: gradients come from ``torch.autograd.grad``
+    (no ``.grad`` written), BN buffers are restored."""
     layers = conv_layers(model)
     buffers = {k: v.clone() for k, v in model.named_buffers()}
     was_training = model.training
@@ -93,17 +90,9 @@ def analyze_gradients(
                     model.load_state_dict(state_dict)
                 norms = conv_gradient_norms(settings.runtime.prepare(model), x, y)
                 curves[run, state] = (iteration, [n for _, n in norms])
+                at = {**run.identity, "state": state, "iteration": iteration}
                 for i, (name, n) in enumerate(norms, start=1):
-                    rows.append(
-                        {
-                            **run.identity,
-                            "state": state,
-                            "iteration": iteration,
-                            "layer": i,
-                            "name": name,
-                            "grad_norm": n,
-                        }
-                    )
+                    rows.append({**at, "layer": i, "name": name, "grad_norm": n})
                     out.writer.add_scalar(f"grad_norm/{run.arch}/seed{run.seed}/{state}", n, i)
                 steps.tick(f"{run.label} {state}")
 
@@ -151,7 +140,6 @@ def analyze_gradients(
                 }
                 for run in runs
             },
-            "checks": out.checks,
         },
     )
 

@@ -60,10 +60,8 @@ OPTIONS: dict[str, tuple[object, str]] = {
 
 
 def filter_normalized_direction(model: nn.Module, generator: torch.Generator) -> list[Tensor]:
-    """A random direction with one tensor per parameter of ``model``, filter-normalized.
-
-    Drawn on the CPU from ``generator`` (the same on any device), then moved to the parameters'.
-    """
+    """A random filter-normalized direction, a tensor per parameter of ``model``, drawn on the
+    CPU from ``generator`` (the same on any device), then moved to the parameters' device."""
     direction = []
     for p in model.parameters():
         d = torch.randn(p.shape, generator=generator).to(p.device, p.dtype)
@@ -86,10 +84,8 @@ def loss_surface(
     batch_size: int,
     on_point: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Loss and error (%) at w + sum_j coords[i, j] * directions[j], for each row i of ``coords``.
-
-    ``coords`` is (points, len(directions)). The weights are restored afterwards.
-    """
+    """Loss and error (%) at w + sum_j coords[i, j] * directions[j], for each row i of ``coords``
+    (points, len(directions)). The weights are restored afterwards."""
     params = list(model.parameters())
     base = [p.detach().clone() for p in params]
     was_training = model.training
@@ -210,7 +206,6 @@ def analyze_landscape(
             "seed": seed,
             "nonconvex_ratio": NONCONVEX_RATIO,
             "runs": {run.label: r for run, r in results.items()},
-            "checks": out.checks,
         },
     )
 

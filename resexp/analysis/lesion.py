@@ -163,7 +163,6 @@ def analyze_lesion(
             "seed": seed,
             "notes": NOTES,
             "runs": {run.label: {**r, "chance_error": chance[run]} for run, r in results.items()},
-            "checks": out.checks,
         },
     )
 

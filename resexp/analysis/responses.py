@@ -158,7 +158,6 @@ def analyze_responses(
                 }
                 for run, v in per_run.items()
             },
-            "checks": out.checks,
         },
     )
 

@@ -194,7 +194,6 @@ def analyze_shattering(
             },
             **summary,
             "cifar": cifar_result,
-            "checks": out.checks,
         },
     )
 

@@ -17,7 +17,6 @@ A module a job: runs, references (the published values), verdict, figure, report
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,6 +70,7 @@ def compare(study: Path, tensorboard: bool = True) -> Comparison:
     study = Path(study)
     runs = load_runs(study)
     networks = group_networks(runs)
+    figure = plot_figure6(networks, title=study.name)
     cmp = Comparison(
         study=study,
         runs=runs,
@@ -81,20 +81,13 @@ def compare(study: Path, tensorboard: bool = True) -> Comparison:
         paths=[
             study / name for name in ("figure6.png", "figure6.pdf", "results.csv", "results.md")
         ],
+        figure=figure,
     )
-    cmp.figure = plot_figure6(networks, title=study.name)
-    outputs = []
-    for fmt in ("png", "pdf"):
-        image = io.BytesIO()
-        cmp.figure.savefig(image, format=fmt, dpi=150)
-        outputs.append(image.getvalue())
-    outputs += [results_csv(networks).encode(), results_markdown(cmp).encode()]
-    for path, data in zip(cmp.paths, outputs, strict=True):
-        _write_bytes(path, data)
+    png, pdf, csv, markdown = cmp.paths
+    atomic_write(png, lambda f: figure.savefig(f, format="png", dpi=150), binary=True)
+    atomic_write(pdf, lambda f: figure.savefig(f, format="pdf", dpi=150), binary=True)
+    atomic_write(csv, lambda f: f.write(results_csv(networks).encode()), binary=True)
+    atomic_write(markdown, lambda f: f.write(results_markdown(cmp).encode()), binary=True)
     if tensorboard:
         cmp.events = write_tensorboard(runs, networks)
     return cmp
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data), binary=True)

@@ -35,10 +35,8 @@ Curve = tuple[list[int], list[float], list[float], list[float]]  # iterations, m
 
 
 def mean_curve(runs: list[Run]) -> dict[str, Curve]:
-    """Per error kind, the iterations common to all seeds and the (mean, min, max) there.
-
-    The training error has a point at every training-log row, the test error at evaluations.
-    """
+    """Per error kind, the iterations common to all seeds and the (mean, min, max) there. The
+    training error has a point at every training-log row, the test error at evaluations."""
     out = {}
     for key in ("train_error", "test_error"):
         rows = [run.train_curve if key == "train_error" else run.curve for run in runs]
@@ -73,10 +71,8 @@ def y_limit(networks: list[Network]) -> float:
 
 
 def plot_figure6(networks: list[Network], title: str = "") -> Figure:
-    """Plain nets left, residual nets right: He et al. 2015, Figure 6, from the study's runs.
-
-    Each line is tagged with a gid ``<arch>/train`` or ``<arch>/test`` (for tests and tools).
-    """
+    """He et al. 2015, Figure 6, from the study's runs; each line tagged with a gid
+    ``<arch>/train`` or ``<arch>/test`` (for tests and tools)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator

@@ -135,9 +135,7 @@ def _main_family(networks: list[Network], residual: bool) -> str:
 
 
 def _depth_checks(nets: list[Network], family: str, residual: bool) -> list[Check]:
-    """Deepest against shallowest of one family (56 against 20 when both are there), in
-    training and in test error: a residual family should not get worse, a plain one does (the
-    degradation problem). A plain family of 3 or more depths adds ``_monotonic``."""
+    """``judge``'s depth checks of one family: deepest against shallowest, and ``_monotonic``."""
     name = nets[0].label.rsplit("-", 1)[0] if nets else {"resnet": "ResNet"}.get(family, family)
     kinds = ("depth-train", "depth-test") if residual else ("degradation", "degradation-test")
     keys = [f"{kind}-{family}" for kind in kinds]
@@ -185,11 +183,7 @@ def _monotonic(nets: list[Network], family: str, name: str) -> Check:
 def _compare(
     key: str, title: str, a: Network, b: Network, lower: bool, metrics: tuple[str, ...] = METRICS
 ) -> Check:
-    """Is ``a`` below (``lower``) or above ``b`` in each of ``metrics``, beyond the seed noise?
-
-    PASS when every metric goes the expected way (significantly, or untested with one seed a
-    side), FAIL when any goes the other way, ``within noise`` otherwise.
-    """
+    """Is ``a`` below (``lower``) or above ``b`` in each of ``metrics``, beyond the seed noise?"""
     reasons = [why for why in (_incomplete(a), _incomplete(b)) if why]
     detail = _numbers(a, b)
     if reasons:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from resexp.compare.runs import Run
 from resexp.errors import ResexpError
-from resexp.models import ResNet, build_model
+from resexp.models import ResNet
 from resexp.rundir import RunDir, run_dirs, write_json
 from resexp.runtime import Runtime
 from resexp.tracking import Progress
@@ -40,19 +40,12 @@ log = logging.getLogger("resexp.analysis")
 # Runs
 
 
-def build(run: Run) -> ResNet:
-    """The run's network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
-    torch.manual_seed(run.seed)
-    return build_model(run.depth, run.residual, run.shortcut, run.block, run.num_classes,
-                       family=run.family, stem=run.stem)  # fmt: skip
-
-
 def load_trained(run: Run, runtime: Runtime) -> tuple[ResNet, int]:
     """The run's network with its latest readable checkpoint, in eval mode, and that iteration."""
     state = run.dir.load_checkpoint()
     if state is None:
         raise ResexpError(f"{run.path} has no checkpoint; train it first")
-    model = build(run)
+    model = run.build()
     model.load_state_dict(state["model"])
     prepared = runtime.prepare(model)
     assert prepared is model  # the analyses' runtime never compiles (Settings.runtime)

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 from resexp.analysis.common import (
     Output,
     Settings,
-    build,
     integer_ticks,
     new_figure,
     pairs_by_depth,
@@ -85,7 +84,7 @@ def analyze_gradients(
                 for i, (it, sd) in enumerate(saved)
             ]
             for state, iteration, state_dict in states:
-                model = build(run)
+                model = run.build()
                 if state_dict is not None:
                     model.load_state_dict(state_dict)
                 norms = conv_gradient_norms(settings.runtime.prepare(model), x, y)
@@ -129,7 +128,7 @@ def analyze_gradients(
             "runs": {
                 run.label: {
                     "path": str(run.path),
-                    "layers": [n for n, _ in conv_layers(build(run))],
+                    "layers": [n for n, _ in conv_layers(run.build())],
                     "states": {
                         state: {"iteration": it, "grad_norms": v}
                         for (r, state), (it, v) in curves.items()

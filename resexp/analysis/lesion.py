@@ -29,7 +29,6 @@ from resexp.analysis.common import (
     Output,
     Settings,
     batches,
-    build,
     integer_ticks,
     load_trained,
     log,
@@ -139,7 +138,7 @@ def analyze_lesion(
     """Test error after removing each single block, and k random blocks (Veit et al. 2016)."""
     if candidates not in ("same_shape", "all"):
         raise ConfigError(f"candidates must be same_shape or all, not {candidates!r}")
-    plans = {run: _plan(build(run), candidates, max_removed, draws) for run in runs}
+    plans = {run: _plan(run.build(), candidates, max_removed, draws) for run in runs}
     results: dict[Run, dict] = {}
     with out.steps("evaluations", sum(p[2] for p in plans.values())) as steps:
         for run in runs:

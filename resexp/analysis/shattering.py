@@ -31,7 +31,6 @@ from resexp.analysis.common import (
     Output,
     Settings,
     batches,
-    build,
     line_style,
     load_trained,
     new_figure,
@@ -360,7 +359,7 @@ def _cifar(
             x, y = settings.data(run).normalized("test", settings.images)
             n_pairs = min(image_pairs, len(x) // 2)
             trained, iteration = load_trained(run, settings.runtime)
-            init = settings.runtime.prepare(build(run))
+            init = settings.runtime.prepare(run.build())
             calibrate_bn(init, x, settings.batch_size)
             entry: dict[str, Any] = {
                 "path": str(run.path),

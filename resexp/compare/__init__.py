@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from resexp.compare.figure import plot_figure6
-from resexp.compare.reports import print_report, report_lines, results_csv, results_markdown
+from resexp.compare.reports import print_report, results_csv, results_markdown
 from resexp.compare.runs import (
     Network,
     Run,
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 # What resexp.cli and the tests import from resexp.compare.
 __all__ = [
     "EVENTS_NAME", "LAYOUT_EVENTS", "Comparison", "compare", "find_study", "load_runs",
-    "print_report", "report_lines", "welch_p", "write_study_layout",
+    "print_report", "welch_p", "write_study_layout",
 ]  # fmt: skip
 
 

@@ -218,26 +218,6 @@ def results_table(networks: list[Network]) -> Table:
     return table
 
 
-def report_lines(cmp: Comparison) -> list[str]:
-    """The whole report as plain text lines (for logs, or a terminal without rich)."""
-    lines = [f"{'network':<16} {'train %':>14} {'test %':>14} {'ref. %':>7}  runs"]
-    for n in cmp.networks:
-        lines.append(
-            f"{_name(n):<16} {n.train_error or 'n/a'!s:>14} "
-            f"{n.test_error or 'n/a'!s:>14} {_reference(n):>7}  {n.status_counts}"
-        )
-    lines += ["", "verdict:"]
-    lines += [
-        f"  {c.status:<12} {c.title}: {c.detail}" + (f" [{c.noise}]" if c.noise else "")
-        for c in cmp.verdict.checks
-    ]
-    lines += ["", cmp.verdict.headline]
-    if problems := problem_lines(cmp):
-        lines += ["", "missing or unfinished:", *(f"  {p}" for p in problems)]
-    lines += ["", *context_lines(cmp), "", "wrote: " + ", ".join(str(p) for p in cmp.paths)]
-    return lines
-
-
 def print_report(cmp: Comparison, console: Console | None = None) -> None:
     """Print the results table, the verdict and the notes to the terminal (rich)."""
     from rich.console import Console

@@ -12,8 +12,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from resexp.compare.references import GRID_DEPTHS, REFERENCES, Reference
 from resexp.errors import ResexpError
+from resexp.models import ResNet, build_model, count_parameters
 from resexp.rundir import RunDir, run_dirs
 
 
@@ -119,23 +122,19 @@ class Run:
     def rows(self) -> list[dict]:
         return self.dir.read_metrics()
 
+    def build(self) -> ResNet:
+        """The network at initialization, exactly as ``fit`` built it (same seed, same calls)."""
+        torch.manual_seed(self.seed)
+        return build_model(self.depth, self.residual, self.shortcut, self.block,
+                           self.num_classes, family=self.family, stem=self.stem)  # fmt: skip
+
     @cached_property
     def params(self) -> int | None:
         """From the summary; for a run without one yet (in progress), counted on its network."""
         if self.summary.get("params"):
             return self.summary["params"]
         try:
-            from resexp.models import build_model, count_parameters
-
-            model = build_model(
-                self.depth,
-                self.residual,
-                self.shortcut,
-                self.block,
-                family=self.family,
-                stem=self.stem,
-            )
-            return count_parameters(model)
+            return count_parameters(self.build())
         except Exception:
             return None
 

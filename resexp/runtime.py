@@ -240,11 +240,6 @@ def _cc(device: torch.device) -> str:
     return ".".join(map(str, torch.cuda.get_device_capability(device)))
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype ``choose_precision`` picks, or None for plain fp32."""
-    return choose_precision(precision, device)[0]
-
-
 def memory_format_for(option: str, device: torch.device) -> torch.memory_format:
     """``channels_last``: ``true``/``false``, or ``auto``: on CUDA and on the CPU (oneDNN), where
     it measured faster (CPU, ResNet-20: 1.1x to 1.5x in fp32); not on MPS. Hydra hands a bare

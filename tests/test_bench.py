@@ -15,7 +15,7 @@ from resexp import runtime as runtime_module
 from resexp.bench import PILImages, baseline_transforms, bench, format_table
 from resexp.cli import bench_config
 from resexp.errors import ConfigError
-from resexp.runtime import autocast_dtype, memory_format_for
+from resexp.runtime import choose_precision, memory_format_for
 
 TINY = {
     "depth": 8,
@@ -145,7 +145,7 @@ def test_result_is_json_and_prints_as_a_table(result):
 def test_default_cpu_run_is_the_step_train_fit_runs(result):
     # precision=auto and channels_last=auto resolve as train.fit resolves them on this CPU.
     cpu = torch.device("cpu")
-    amp = autocast_dtype("auto", cpu)
+    amp = choose_precision("auto", cpu)[0]
     assert result["resexp"]["precision"] == (str(amp).replace("torch.", "") if amp else "fp32")
     assert result["resexp"]["channels_last"] is (
         memory_format_for("auto", cpu) == torch.channels_last

@@ -13,7 +13,7 @@ from resexp import runtime, train
 from resexp.errors import ConfigError
 from resexp.runtime import (
     COMPILE_MIN_ITERATIONS,
-    autocast_dtype,
+    choose_precision,
     compile_for,
     memory_format_for,
     select_device,
@@ -84,13 +84,16 @@ def test_cuda_without_a_gpu_is_a_clear_error():
 def test_auto_precision_is_bf16_on_cpus_that_have_it(monkeypatch, native):
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
-    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
-    assert autocast_dtype("fp16", cpu) == torch.float16
+    assert choose_precision("auto", cpu)[0] == (torch.bfloat16 if native else None)
+    assert (
+        choose_precision("fp32", cpu)[0] is None
+        and choose_precision("bf16", cpu)[0] == torch.bfloat16
+    )
+    assert choose_precision("fp16", cpu)[0] == torch.float16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert autocast_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert choose_precision("auto", torch.device("cuda"))[0] == torch.bfloat16
     with pytest.raises(ConfigError, match="precision must be"):
-        autocast_dtype("fp8", cpu)
+        choose_precision("fp8", cpu)[0]
 
 
 def test_channels_last_auto_on_cpu_and_cuda_and_any_spelling_of_true():

@@ -566,7 +566,7 @@ class Training:
                 log.warning("resumed with changes: the result can no longer be bit-identical to "
                             "an uninterrupted run (%s)", "; ".join(inexact))  # fmt: skip
         self.segments = [*previous, segment]
-        self.label = f"{run_dir.parent.name}/{run_dir.name}"
+        self.label = RunDir(run_dir).label
         log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", self.label,
                  cfg.depth, "residual" if cfg.residual else "plain", count_parameters(model),
                  sched.iterations, sched.batch_size, runtime.describe())  # fmt: skip
@@ -841,7 +841,6 @@ def _write_summary(run: Training, status: str, diverged_at: int | None) -> None:
         "segments": run.segments,
     }
     RunDir(run_dir).write_summary(summary)
-    label = f"{run_dir.parent.name}/{run_dir.name}"
     if not evaluations:
         errors = "no evaluation yet"
     else:
@@ -849,5 +848,5 @@ def _write_summary(run: Training, status: str, diverged_at: int | None) -> None:
             f"train error {summary['train_error']:.2f}%, test error "
             f"{summary['test_error']:.2f}% at the last evaluation (iteration {last['iteration']})"
         )
-    log.info("%s %s at iteration %d: %s (%.0f s) -> %s", label, status, iteration, errors, wall,
+    log.info("%s %s at iteration %d: %s (%.0f s) -> %s", run.label, status, iteration, errors, wall,
              run_dir)  # fmt: skip

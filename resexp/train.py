@@ -651,16 +651,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
         group["lr"] = now["lr"].clone().fill_(lr) if torch.is_tensor(now["lr"]) else lr
         groups.append(group)
     optimizer.load_state_dict({**saved, "param_groups": groups})
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in list(state.items()):
-                if (
-                    torch.is_tensor(value)
-                    and value.shape == p.shape
-                    and value.stride() != p.stride()
-                ):
-                    state[key] = torch.empty_like(p).copy_(value)  # p's strides (preserve_format)
+    for p, state in optimizer.state.items():
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p).copy_(value)  # p's strides (preserve_format)
 
 
 def load_batches_state(batches: TrainBatches, saved: dict, seed: int, iteration: int) -> list[str]:

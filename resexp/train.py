@@ -226,8 +226,7 @@ def evaluate(
     memory_format: torch.memory_format = torch.contiguous_format,
     should_stop: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """Error (%) and mean loss on a whole set, the single original view of each image, in fp32
-    whatever the training precision (``error_and_loss``)."""
+    """``error_and_loss`` on a whole set, the single original view of each image, in fp32."""
     batches = eval_batches(x, y, batch_size, mean, std, memory_format=memory_format)
     return error_and_loss(model, batches, should_stop)
 
@@ -260,13 +259,9 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> 
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path | None]:
-    """Check the run directory against ``cfg``; return the checkpoint to resume from (if any)
-    and where ``restart=true`` moved the previous run (if it did).
-
-    A directory whose checkpoint was made with another config is refused, naming the keys, unless
-    ``restart=true``: then the old directory is renamed whole (never deleted), and the new run
-    writes only into a new, empty directory.
-    """
+    """Check the run directory against ``cfg`` (``check_run_dir``); return the checkpoint to
+    resume from (if any) and where ``restart=true`` moved the previous run (if it did): renamed
+    whole, never deleted, so that the new run writes only into a new, empty directory."""
     state = RunDir(run_dir).load_checkpoint() if not cfg.restart else None
     check_run_dir(cfg, run_dir, state)
     if cfg.restart and run_dir.exists() and any(run_dir.iterdir()):

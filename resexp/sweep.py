@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from resexp.errors import ConfigError
 from resexp.gpus import GpuPool, pool_folder
 from resexp.rundir import RunDir, read_metrics
 from resexp.tracking import format_seconds
@@ -67,8 +68,6 @@ def translate_args(args: list[str]) -> list[str]:
         if a.startswith("seeds="):
             n = a.split("=", 1)[1]
             if not n.isdigit() or int(n) < 1:
-                from resexp.errors import ConfigError
-
                 raise ConfigError(
                     f"seeds= takes a positive number of seeds (seeds=3: 0, 1, 2), not {n!r}"
                 )
@@ -110,14 +109,13 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
                 cfg=cfg,
             )
         )
-    base_cfg = hydra_cfg  # the same config, with its hydra node
-    study_dir = Path(base_cfg.output_root) / str(base_cfg.name)
+    study_dir = Path(hydra_cfg.output_root) / str(hydra_cfg.name)
     n_jobs = int(hydra_cfg.hydra.launcher.get("n_jobs") or 1) if launcher != "basic" else 1
     if n_jobs < 1:  # joblib's -1: one per core
         import os
 
         n_jobs = os.cpu_count() or 1
-    pool = gpu_pool(base_cfg, launcher)
+    pool = gpu_pool(hydra_cfg, launcher)
     if pool is not None and n_jobs > pool.gpus * pool.runs_per_gpu:  # the others wait for a GPU
         log.info("sweep: %d GPU(s) x runs_per_gpu=%d: %d runs at a time, not n_jobs=%d",
                  pool.gpus, pool.runs_per_gpu, pool.gpus * pool.runs_per_gpu, n_jobs)  # fmt: skip
@@ -368,7 +366,6 @@ def _launcher() -> str:
 
 def _fit_job(cfg, fit: Callable) -> dict | None:
     """``fit(cfg)``, with its failures recorded (run_job)."""
-    from resexp.errors import ConfigError
     from resexp.train import EXIT_INTERRUPTED, StopRequested
 
     run_dir = Path(cfg.run_dir)

@@ -424,18 +424,13 @@ def sweep(
         run_hydra(sweep_task, ["-m", *plan.args])
     finally:
         monitor.stop()
-    table, failed = sweeps.report_table(plan)
+    table, problems = sweeps.report_table(plan)
     console = Console()
     console.width = max(console.width, 110)
     console.print(table)
-    if failed:
-        problems = [
-            f"  {run.run_dir}: {outcome}" + (f": {s['error']}" if s.get("error") else "")
-            for run, outcome, s in sweeps.outcomes(plan)
-            if outcome not in ("skipped", "completed", "diverged")
-        ]
+    if problems:
         typer.echo(
-            f"{failed} of {len(plan.runs)} run(s) did not complete:\n" + "\n".join(problems),
+            f"{len(problems)} of {len(plan.runs)} run(s) did not complete:\n" + "\n".join(problems),
             err=True,
         )
         raise typer.Exit(1)

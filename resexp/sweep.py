@@ -208,15 +208,12 @@ def plan_table(plan: Plan):
         table.add_column(column, justify="left" if column == "run" else "right")
     for run in plan.runs:
         spi = run.seconds_per_iteration
+        estimated = format_seconds(spi * run.iterations) if spi else "?"
         table.add_row(
             RunDir(run.run_dir).label,
             f"{run.iterations:,}",
             f"{spi:.3f}" if spi else "",
-            "completed before"
-            if run.done_before
-            else format_seconds(spi * run.iterations)
-            if spi
-            else "?",
+            "completed before" if run.done_before else estimated,
         )
     return table
 
@@ -412,16 +409,18 @@ def outcomes(plan: Plan) -> list[tuple[PlannedRun, str, dict]]:
 
 
 def report_table(plan: Plan):
-    """A rich Table of the sweep's runs and a count of failures."""
+    """A rich Table of the sweep's runs, and a line for each run that did not complete."""
     from rich.table import Table
 
     table = Table(title=f"sweep {plan.study_dir}")
     for column in ("run", "outcome", "train error %", "test error %", "iterations", "wall"):
         table.add_column(column)
-    failed = 0
+    problems = []
     for run, outcome, s in outcomes(plan):
         if outcome not in ("skipped", "completed", "diverged"):  # diverged: a result, reported
-            failed += 1
+            problems.append(
+                f"  {run.run_dir}: {outcome}" + (f": {s['error']}" if s.get("error") else "")
+            )
         table.add_row(
             RunDir(run.run_dir).label,
             outcome + (f": {s['error'][:60]}" if s.get("error") else ""),
@@ -430,7 +429,7 @@ def report_table(plan: Plan):
             str(s.get("iterations", "")),
             format_seconds(s["wall_seconds"]) if s.get("wall_seconds") else "",
         )
-    return table, failed
+    return table, problems
 
 
 def _pct(value: float | None) -> str:

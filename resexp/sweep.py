@@ -33,10 +33,8 @@ REFUSALS = "sweep-refusals.jsonl"  # in the study folder: runs a sweep's job ref
 
 @dataclass
 class PlannedRun:
-    """One point of the grid: its overrides (all of them, as Hydra runs it), its resolved config
-    and its directory."""
+    """One point of the grid: its resolved config and its directory."""
 
-    overrides: list[str]
     run_dir: Path
     iterations: int
     data: dict
@@ -101,7 +99,6 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
         summary = RunDir(run_dir).read_summary()
         runs.append(
             PlannedRun(
-                overrides=job,
                 run_dir=run_dir,
                 iterations=int(cfg.schedule.iterations),
                 data=cast(dict, OmegaConf.to_container(cfg.data, resolve=True)),

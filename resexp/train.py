@@ -608,9 +608,8 @@ def _train(run: Training, guard: SignalGuard) -> dict:
 
 
 def changed_settings(before: dict, now: dict) -> list[str]:
-    """The settings that decide a step's arithmetic and differ between two segments of a run:
-    the kind of device and its model, precision, memory format, compile mode, torch's version,
-    and (on the CPU, where reductions are split among them) the number of threads."""
+    """The settings that decide a step's arithmetic and differ between two segments of a run
+    (the number of threads only on the CPU, where reductions are split among them)."""
     keys = ["device_name", "precision", "channels_last", "compiled", "torch_version"]
     if now["device"] == "cpu" == before.get("device"):
         keys.append("threads")

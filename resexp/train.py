@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import ScheduleConfig, num_classes, validate
+from resexp.config import Config, ScheduleConfig, num_classes, validate
 from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
@@ -291,8 +291,6 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _schema_default(dotted: str) -> Any:
     """The schema's default for a dotted key (None if it has none)."""
-    from resexp.config import Config
-
     node = OmegaConf.structured(Config)
     return OmegaConf.select(node, dotted, default=None, throw_on_missing=False)
 

@@ -95,7 +95,7 @@ def set_random_states(states: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedule
+# The schedule and one step
 
 
 def lr_at(iteration: int, schedule: Any, warming_up: bool = False) -> float:
@@ -104,10 +104,6 @@ def lr_at(iteration: int, schedule: Any, warming_up: bool = False) -> float:
         return schedule.warmup.lr
     drops = sum(iteration >= round(m * schedule.iterations) for m in schedule.milestones)
     return schedule.lr * schedule.gamma**drops
-
-
-# ----------------------------------------------------------------------------------------------
-# One step
 
 
 def make_optimizer(model: torch.nn.Module, schedule: Any, fused: bool = False) -> torch.optim.SGD:
@@ -827,9 +823,8 @@ def _write_summary(run: Training, status: str, diverged_at: int | None) -> None:
         "segments": run.segments,
     }
     RunDir(run_dir).write_summary(summary)
-    if not evaluations:
-        errors = "no evaluation yet"
-    else:
+    errors = "no evaluation yet"
+    if evaluations:
         errors = (
             f"train error {summary['train_error']:.2f}%, test error "
             f"{summary['test_error']:.2f}% at the last evaluation (iteration {last['iteration']})"

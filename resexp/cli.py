@@ -131,6 +131,7 @@ def check(cfg: Any) -> Any:
     from omegaconf import OmegaConf
 
     from resexp.models import check_architecture
+    from resexp.runtime import resolve
 
     _checked(lambda: OmegaConf.resolve(cfg))
     config_module.validate(cfg)
@@ -148,8 +149,6 @@ def check(cfg: Any) -> Any:
             f"data.root={cfg.data.root} does not exist; give an image-folder tree "
             "PATH/train/<class>/* + PATH/test/<class>/*, or a .tar(.gz|.xz) archive of one"
         )
-    from resexp.runtime import resolve
-
     resolve(cfg, iterations=cfg.schedule.iterations)  # device, precision, layout, compile: as fit
     check_writable(Path(cfg.output_root))
     return cfg
@@ -290,10 +289,7 @@ def _fail(e: ResexpError, verbose: bool) -> None:
         stems="|".join(STEMS),
     ),
 )
-def train(
-    ctx: typer.Context,
-    verbose: Verbose = False,
-) -> None:
+def train(ctx: typer.Context, verbose: Verbose = False) -> None:
     from resexp.train import check_run_dir
 
     args = list(ctx.args)
@@ -313,10 +309,7 @@ def train(
 
 
 @data_app.command("prepare", context_settings=EXTRA_ARGS)
-def data_prepare(
-    ctx: typer.Context,
-    verbose: Verbose = False,
-) -> None:
+def data_prepare(ctx: typer.Context, verbose: Verbose = False) -> None:
     """Download, decode and cache a data set now (e.g. before a sweep, or on a login node).
 
     Takes the same data overrides as train: `resexp data prepare data=folder data.root=PATH`.
@@ -360,7 +353,11 @@ def sweep(
     from rich.console import Console
 
     from resexp import sweep as sweeps
+    from resexp.compare import write_study_layout
+    from resexp.rundir import CheckpointError
     from resexp.runtime import select_device
+    from resexp.tracking import format_seconds
+    from resexp.train import check_run_dir
 
     if verbose:
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -369,9 +366,6 @@ def sweep(
         _split_flags(list(ctx.args))  # `--depth 56` gets the key=value hint
         args = sweeps.translate_args(list(ctx.args))
         plan = _checked(lambda: sweeps.plan_sweep(args, compose))
-        from resexp.rundir import CheckpointError
-        from resexp.train import check_run_dir
-
         for run in plan.runs:  # every run, its folder included, before any is launched
             cfg = check(run.cfg)  # composed once, by the plan
             try:
@@ -399,8 +393,6 @@ def sweep(
             if estimate is None:
                 log.info("sweep: the runs execute on other machines: no local estimate")
             else:
-                from resexp.tracking import format_seconds
-
                 log.info("sweep: estimated wall time on this machine: %s", format_seconds(estimate))
                 device = plan.runs[0].cfg.device if plan.runs else "auto"
                 on_cpu = select_device(str(device)).type == "cpu"
@@ -413,8 +405,6 @@ def sweep(
     except ResexpError as e:
         _fail(e, verbose)
 
-    from resexp.compare import write_study_layout
-
     planned = sorted({(r.run_dir.parent.name, int(r.cfg.depth), bool(r.cfg.residual))
                       for r in plan.runs}, key=lambda a: (a[2], a[1]))  # fmt: skip
     write_study_layout(plan.study_dir, planned)  # TensorBoard's shared charts, from the start
@@ -424,18 +414,13 @@ def sweep(
         run_hydra(sweep_task, ["-m", *plan.args])
     finally:
         monitor.stop()
-    table, failed = sweeps.report_table(plan)
+    table, problems = sweeps.report_table(plan)
     console = Console()
     console.width = max(console.width, 110)
     console.print(table)
-    if failed:
-        problems = [
-            f"  {run.run_dir}: {outcome}" + (f": {s['error']}" if s.get("error") else "")
-            for run, outcome, s in sweeps.outcomes(plan)
-            if outcome not in ("skipped", "completed", "diverged")
-        ]
+    if problems:
         typer.echo(
-            f"{failed} of {len(plan.runs)} run(s) did not complete:\n" + "\n".join(problems),
+            f"{len(problems)} of {len(plan.runs)} run(s) did not complete:\n" + "\n".join(problems),
             err=True,
         )
         raise typer.Exit(1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from resexp.config import num_classes
+from resexp.data import prepare_data
+from resexp.errors import ConfigError
 from resexp.gpus import GpuPool, pool_folder
+from resexp.models import build_model
 from resexp.rundir import RunDir, read_metrics
+from resexp.runtime import resolve
 from resexp.tracking import format_seconds
+from resexp.train import EXIT_INTERRUPTED, StopRequested, make_optimizer, train_step
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +42,8 @@ REFUSALS = "sweep-refusals.jsonl"  # in the study folder: runs a sweep's job ref
 
 @dataclass
 class PlannedRun:
-    """One point of the grid: its overrides (all of them, as Hydra runs it), its resolved config
-    and its directory."""
+    """One point of the grid: its resolved config and its directory."""
 
-    overrides: list[str]
     run_dir: Path
     iterations: int
     data: dict
@@ -67,8 +75,6 @@ def translate_args(args: list[str]) -> list[str]:
         if a.startswith("seeds="):
             n = a.split("=", 1)[1]
             if not n.isdigit() or int(n) < 1:
-                from resexp.errors import ConfigError
-
                 raise ConfigError(
                     f"seeds= takes a positive number of seeds (seeds=3: 0, 1, 2), not {n!r}"
                 )
@@ -86,7 +92,6 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
     single values, e.g. ``depth=56``) replace the preset's."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     parser = OverridesParser.create()
     base = [o.input_line for o in parser.parse_overrides(args) if not o.is_sweep_override()]
@@ -102,7 +107,6 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
         summary = RunDir(run_dir).read_summary()
         runs.append(
             PlannedRun(
-                overrides=job,
                 run_dir=run_dir,
                 iterations=int(cfg.schedule.iterations),
                 data=cast(dict, OmegaConf.to_container(cfg.data, resolve=True)),
@@ -110,14 +114,11 @@ def plan_sweep(args: list[str], compose: Callable) -> Plan:
                 cfg=cfg,
             )
         )
-    base_cfg = hydra_cfg  # the same config, with its hydra node
-    study_dir = Path(base_cfg.output_root) / str(base_cfg.name)
+    study_dir = Path(hydra_cfg.output_root) / str(hydra_cfg.name)
     n_jobs = int(hydra_cfg.hydra.launcher.get("n_jobs") or 1) if launcher != "basic" else 1
     if n_jobs < 1:  # joblib's -1: one per core
-        import os
-
         n_jobs = os.cpu_count() or 1
-    pool = gpu_pool(base_cfg, launcher)
+    pool = gpu_pool(hydra_cfg, launcher)
     if pool is not None and n_jobs > pool.gpus * pool.runs_per_gpu:  # the others wait for a GPU
         log.info("sweep: %d GPU(s) x runs_per_gpu=%d: %d runs at a time, not n_jobs=%d",
                  pool.gpus, pool.runs_per_gpu, pool.gpus * pool.runs_per_gpu, n_jobs)  # fmt: skip
@@ -133,13 +134,6 @@ def time_steps(cfg: Any, steps: int = 3) -> float:
     """Seconds per training step of ``cfg``'s network, measured here: a few SGD steps on random
     images with the run's own device, precision, memory format and threads (no compile, so
     a compiled run will be somewhat faster)."""
-    import torch
-
-    from resexp.config import num_classes
-    from resexp.models import build_model
-    from resexp.runtime import resolve
-    from resexp.train import make_optimizer, train_step
-
     runtime = resolve(cfg)  # not compiled
     device = runtime.device
     threads = torch.get_num_threads()
@@ -190,8 +184,6 @@ def estimate(plan: Plan, test_images: dict[str, int]) -> float | None:
         evaluation = step / 3 * images / c.schedule.batch_size
         run.seconds_per_iteration = step + evaluation / c.schedule.eval_every
         total += run.seconds_per_iteration * run.iterations
-    import torch
-
     if torch.cuda.is_initialized():  # the memory the timing cached goes back to the runs
         torch.cuda.empty_cache()
     plan.estimate_seconds = total / plan.n_jobs
@@ -210,15 +202,12 @@ def plan_table(plan: Plan):
         table.add_column(column, justify="left" if column == "run" else "right")
     for run in plan.runs:
         spi = run.seconds_per_iteration
+        estimated = format_seconds(spi * run.iterations) if spi else "?"
         table.add_row(
             RunDir(run.run_dir).label,
             f"{run.iterations:,}",
             f"{spi:.3f}" if spi else "",
-            "completed before"
-            if run.done_before
-            else format_seconds(spi * run.iterations)
-            if spi
-            else "?",
+            "completed before" if run.done_before else estimated,
         )
     return table
 
@@ -226,10 +215,6 @@ def plan_table(plan: Plan):
 def prepare_data_once(plan: Plan) -> dict[str, int]:
     """Download/decode/cache each distinct data set of the sweep before any run starts; return
     the number of test images of each (keyed by its data config as JSON)."""
-    from omegaconf import OmegaConf
-
-    from resexp.data import prepare_data
-
     sizes = {}
     for run in plan.runs:
         key = json.dumps(run.data, sort_keys=True)
@@ -317,8 +302,6 @@ def gpu_pool(cfg: Any, launcher: str) -> GpuPool | None:
     sweep: under the joblib launcher, with ``device=auto`` or ``cuda``, on a machine with CUDA.
     None otherwise: on the CPU or MPS, with an explicit ``cuda:N``, with one run at a time (the
     basic launcher), or under submitit, whose jobs get their GPUs from it (``gpus_per_node``)."""
-    import torch
-
     if "joblib" not in launcher.lower() or str(cfg.device) not in ("auto", "cuda"):
         return None
     if not torch.cuda.is_available():
@@ -337,9 +320,6 @@ def run_job(cfg, fit: Callable, launcher: str | None = None) -> dict | None:
     as it trains, at most ``runs_per_gpu`` runs on each GPU; it waits while all are taken.
     ``launcher``: Hydra's launcher class (default: the one running this job).
     """
-    import torch
-    from omegaconf import open_dict
-
     pool = gpu_pool(cfg, _launcher() if launcher is None else launcher)
     if pool is None:
         return _fit_job(cfg, fit)
@@ -368,9 +348,6 @@ def _launcher() -> str:
 
 def _fit_job(cfg, fit: Callable) -> dict | None:
     """``fit(cfg)``, with its failures recorded (run_job)."""
-    from resexp.errors import ConfigError
-    from resexp.train import EXIT_INTERRUPTED, StopRequested
-
     run_dir = Path(cfg.run_dir)
     try:
         return fit(cfg)
@@ -415,16 +392,18 @@ def outcomes(plan: Plan) -> list[tuple[PlannedRun, str, dict]]:
 
 
 def report_table(plan: Plan):
-    """A rich Table of the sweep's runs and a count of failures."""
+    """A rich Table of the sweep's runs, and a line for each run that did not complete."""
     from rich.table import Table
 
     table = Table(title=f"sweep {plan.study_dir}")
     for column in ("run", "outcome", "train error %", "test error %", "iterations", "wall"):
         table.add_column(column)
-    failed = 0
+    problems = []
     for run, outcome, s in outcomes(plan):
         if outcome not in ("skipped", "completed", "diverged"):  # diverged: a result, reported
-            failed += 1
+            problems.append(
+                f"  {run.run_dir}: {outcome}" + (f": {s['error']}" if s.get("error") else "")
+            )
         table.add_row(
             RunDir(run.run_dir).label,
             outcome + (f": {s['error'][:60]}" if s.get("error") else ""),
@@ -433,7 +412,7 @@ def report_table(plan: Plan):
             str(s.get("iterations", "")),
             format_seconds(s["wall_seconds"]) if s.get("wall_seconds") else "",
         )
-    return table, failed
+    return table, problems
 
 
 def _pct(value: float | None) -> str:

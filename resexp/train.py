@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from resexp.config import ScheduleConfig, num_classes, validate
+from resexp.config import Config, ScheduleConfig, num_classes, validate
 from resexp.data import ImageData, TrainBatches, eval_batches, first_missing, load_data, mean_std
 from resexp.errors import ConfigError, ResexpError
 from resexp.models import build_model, check_architecture, count_parameters
@@ -95,7 +95,7 @@ def set_random_states(states: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Schedule
+# The schedule and one step
 
 
 def lr_at(iteration: int, schedule: Any, warming_up: bool = False) -> float:
@@ -104,10 +104,6 @@ def lr_at(iteration: int, schedule: Any, warming_up: bool = False) -> float:
         return schedule.warmup.lr
     drops = sum(iteration >= round(m * schedule.iterations) for m in schedule.milestones)
     return schedule.lr * schedule.gamma**drops
-
-
-# ----------------------------------------------------------------------------------------------
-# One step
 
 
 def make_optimizer(model: torch.nn.Module, schedule: Any, fused: bool = False) -> torch.optim.SGD:
@@ -226,8 +222,7 @@ def evaluate(
     memory_format: torch.memory_format = torch.contiguous_format,
     should_stop: Callable[[], None] | None = None,
 ) -> tuple[float, float]:
-    """Error (%) and mean loss on a whole set, the single original view of each image, in fp32
-    whatever the training precision (``error_and_loss``)."""
+    """``error_and_loss`` on a whole set, the single original view of each image, in fp32."""
     batches = eval_batches(x, y, batch_size, mean, std, memory_format=memory_format)
     return error_and_loss(model, batches, should_stop)
 
@@ -260,13 +255,9 @@ def check_run_dir(cfg: DictConfig, run_dir: Path, state: dict | None = None) -> 
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path) -> tuple[dict | None, Path | None]:
-    """Check the run directory against ``cfg``; return the checkpoint to resume from (if any)
-    and where ``restart=true`` moved the previous run (if it did).
-
-    A directory whose checkpoint was made with another config is refused, naming the keys, unless
-    ``restart=true``: then the old directory is renamed whole (never deleted), and the new run
-    writes only into a new, empty directory.
-    """
+    """Check the run directory against ``cfg`` (``check_run_dir``); return the checkpoint to
+    resume from (if any) and where ``restart=true`` moved the previous run (if it did): renamed
+    whole, never deleted, so that the new run writes only into a new, empty directory."""
     state = RunDir(run_dir).load_checkpoint() if not cfg.restart else None
     check_run_dir(cfg, run_dir, state)
     if cfg.restart and run_dir.exists() and any(run_dir.iterdir()):
@@ -296,8 +287,6 @@ def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def _schema_default(dotted: str) -> Any:
     """The schema's default for a dotted key (None if it has none)."""
-    from resexp.config import Config
-
     node = OmegaConf.structured(Config)
     return OmegaConf.select(node, dotted, default=None, throw_on_missing=False)
 
@@ -566,7 +555,7 @@ class Training:
                 log.warning("resumed with changes: the result can no longer be bit-identical to "
                             "an uninterrupted run (%s)", "; ".join(inexact))  # fmt: skip
         self.segments = [*previous, segment]
-        self.label = f"{run_dir.parent.name}/{run_dir.name}"
+        self.label = RunDir(run_dir).label
         log.info("%s: %d layers, %s, %d parameters, %d iterations of %d on %s", self.label,
                  cfg.depth, "residual" if cfg.residual else "plain", count_parameters(model),
                  sched.iterations, sched.batch_size, runtime.describe())  # fmt: skip
@@ -613,9 +602,8 @@ def _train(run: Training, guard: SignalGuard) -> dict:
 
 
 def changed_settings(before: dict, now: dict) -> list[str]:
-    """The settings that decide a step's arithmetic and differ between two segments of a run:
-    the kind of device and its model, precision, memory format, compile mode, torch's version,
-    and (on the CPU, where reductions are split among them) the number of threads."""
+    """The settings that decide a step's arithmetic and differ between two segments of a run
+    (the number of threads only on the CPU, where reductions are split among them)."""
     keys = ["device_name", "precision", "channels_last", "compiled", "torch_version"]
     if now["device"] == "cpu" == before.get("device"):
         keys.append("threads")
@@ -651,16 +639,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
         group["lr"] = now["lr"].clone().fill_(lr) if torch.is_tensor(now["lr"]) else lr
         groups.append(group)
     optimizer.load_state_dict({**saved, "param_groups": groups})
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            state = optimizer.state.get(p, {})
-            for key, value in list(state.items()):
-                if (
-                    torch.is_tensor(value)
-                    and value.shape == p.shape
-                    and value.stride() != p.stride()
-                ):
-                    state[key] = torch.empty_like(p).copy_(value)  # p's strides (preserve_format)
+    for p, state in optimizer.state.items():
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                state[key] = torch.empty_like(p).copy_(value)  # p's strides (preserve_format)
 
 
 def load_batches_state(batches: TrainBatches, saved: dict, seed: int, iteration: int) -> list[str]:
@@ -841,13 +823,11 @@ def _write_summary(run: Training, status: str, diverged_at: int | None) -> None:
         "segments": run.segments,
     }
     RunDir(run_dir).write_summary(summary)
-    label = f"{run_dir.parent.name}/{run_dir.name}"
-    if not evaluations:
-        errors = "no evaluation yet"
-    else:
+    errors = "no evaluation yet"
+    if evaluations:
         errors = (
             f"train error {summary['train_error']:.2f}%, test error "
             f"{summary['test_error']:.2f}% at the last evaluation (iteration {last['iteration']})"
         )
-    log.info("%s %s at iteration %d: %s (%.0f s) -> %s", label, status, iteration, errors, wall,
+    log.info("%s %s at iteration %d: %s (%.0f s) -> %s", run.label, status, iteration, errors, wall,
              run_dir)  # fmt: skip

@@ -146,7 +146,7 @@ def time_steps(cfg: Any, steps: int = 3) -> float:
         optimizer = make_optimizer(model, cfg.schedule, fused=device.type == "cuda")
         n = cfg.schedule.batch_size
         x = torch.randn(n, 3, 32, 32, device=device).to(memory_format=runtime.memory_format)
-        y = torch.randint(0, 10, (n,), device=device)
+        y = torch.randint(0, classes, (n,), device=device)
         train_step(model, optimizer, x, y, runtime)  # warm-up: allocations, cuDNN's choice
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -312,3 +312,11 @@ def test_a_pooled_run_computes_on_its_own_gpu(compose_cfg):
         if held:
             held[1].release()
         torch.cuda.set_device(0)
+
+
+def test_the_plans_step_timing_uses_the_datas_classes(tmp_path):
+    from resexp.sweep import time_steps
+
+    two_classes = ["data=synthetic", "data.synthetic.num_classes=2", "depth=8", "device=cpu"]
+    cfg = compose([f"output_root={tmp_path}", *two_classes, "schedule.batch_size=8"])
+    assert time_steps(cfg, steps=1) > 0  # labels 0..9 on a 2-class head: an IndexError

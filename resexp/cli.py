@@ -135,11 +135,9 @@ def check(cfg: Any) -> Any:
 
     _checked(lambda: OmegaConf.resolve(cfg))
     config_module.validate(cfg)
-    try:  # a folder's class count is known once read; any count builds
-        check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family,
-                           cfg.stem, config_module.num_classes(cfg) or 10)  # fmt: skip
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    # A folder's class count is known once read; any count builds.
+    check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family, cfg.stem,
+                       config_module.num_classes(cfg) or 10)  # fmt: skip
     if cfg.data.source == "folder" and OmegaConf.is_missing(cfg.data, "root"):
         raise ConfigError(
             "data=folder needs data.root=PATH (an image-folder tree or a .tar archive)"
@@ -314,11 +312,11 @@ def data_prepare(ctx: typer.Context, verbose: Verbose = False) -> None:
 
     Takes the same data overrides as train: `resexp data prepare data=folder data.root=PATH`.
     """
-    from resexp.data import prepare_data
+    from resexp.data import load_data  # downloads, unpacks, decodes and caches
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        data = prepare_data(check_config(list(ctx.args)).data)
+        data = load_data(check_config(list(ctx.args)).data)
     except ResexpError as e:
         _fail(e, verbose)
     typer.echo(f"ready: {data.description}")

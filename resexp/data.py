@@ -140,11 +140,6 @@ def data_identity(cfg: Any, data: ImageData) -> dict[str, Any]:
     }
 
 
-def prepare_data(cfg: Any) -> ImageData:
-    """Download, unpack, decode and cache the data set now (``resexp data prepare``)."""
-    return load_data(cfg)
-
-
 # ----------------------------------------------------------------------------------------------
 # Sources: each returns {"train_x", "train_y", "test_x", "test_y", "classes"}
 

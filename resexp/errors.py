@@ -7,7 +7,7 @@ class ResexpError(Exception):
     exit_code = 2
 
 
-class ConfigError(ResexpError):
+class ConfigError(ResexpError, ValueError):
     """A setting is invalid (a depth that is not 6n+2, an unknown device, ...)."""
 
 

@@ -38,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from resexp.config import BLOCKS, FAMILIES, SHORTCUTS, STEMS  # the schema's choices
+from resexp.errors import ConfigError
 
 Shortcut = Literal["A", "B"]
 BlockKind = Literal["basic", "preact", "highway", "bottleneck"]
@@ -512,8 +513,9 @@ def check_architecture(
     stem: str = "cifar",
     num_classes: int = 10,
 ) -> None:
-    """Refuse an invalid architecture before anything is built or written: one ValueError that
-    lists every problem, each with the valid choices. The config's keys, one argument each."""
+    """Refuse an invalid architecture before anything is built or written: one ConfigError (a
+    ValueError) that lists every problem, each with the valid choices. The config's keys, one
+    argument each."""
     problems = []
     if not isinstance(residual, bool):
         problems.append(f"residual must be True or False, got {residual!r}")
@@ -553,7 +555,7 @@ def check_architecture(
     else:
         problems.append(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ConfigError("; ".join(problems))
 
 
 # -------------------------------------------------------------------------------------------------

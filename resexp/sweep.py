@@ -25,7 +25,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 
 from resexp.config import num_classes
-from resexp.data import prepare_data
+from resexp.data import load_data
 from resexp.errors import ConfigError
 from resexp.gpus import GpuPool, pool_folder
 from resexp.models import build_model
@@ -220,7 +220,7 @@ def prepare_data_once(plan: Plan) -> dict[str, int]:
         key = json.dumps(run.data, sort_keys=True)
         if run.done_before or key in sizes:
             continue
-        data = prepare_data(OmegaConf.create(run.data))
+        data = load_data(OmegaConf.create(run.data))
         sizes[key] = len(data.test_y)
         log.info("sweep: data ready: %s", data.description)
     return sizes

@@ -441,11 +441,8 @@ def fit(cfg: DictConfig) -> dict:
     runtime.apply()
 
     # A bad architecture is refused before anything is written.
-    try:
-        check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family,
-                           cfg.stem, num_classes(cfg) or 10)  # fmt: skip
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_architecture(cfg.depth, cfg.residual, cfg.shortcut, cfg.block, cfg.family, cfg.stem,
+                       num_classes(cfg) or 10)  # fmt: skip
 
     # From here on, SIGTERM/SIGINT ask for a clean stop instead of killing the process.
     with SignalGuard() as guard, run_lock(run_dir):

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from resexp.config import DataConfig, SyntheticConfig
-from resexp.data import TrainBatches, augment, eval_batches, load_data, mean_std, prepare_data
+from resexp.data import TrainBatches, augment, eval_batches, load_data, mean_std
 from resexp.errors import DataError
 
 CIFAR10_CLASSES = [  # in CIFAR-10's label order, as batches.meta lists them
@@ -402,7 +402,7 @@ def test_real_cifar10_jpeg_archive(cifar10_jpeg, cifar10_jpeg_cache, caplog):
     cfg = DataConfig(source="folder", root=str(cifar10_jpeg), cache_dir=str(cifar10_jpeg_cache))
     start = time.perf_counter()
     with caplog.at_level(logging.INFO, logger="resexp.data"):
-        data = prepare_data(cfg)
+        data = load_data(cfg)
     built = time.perf_counter() - start
     assert data.train_x.shape == (50_000, 3, 32, 32) and data.test_x.shape == (10_000, 3, 32, 32)
     assert data.classes == CIFAR10_CLASSES

@@ -111,9 +111,7 @@ def check_config(
 ) -> Any:
     """Compose and validate; raise ResexpError with a short message on any bad input; return
     the composed config (composed once: every command runs on what was checked).
-
-    ``configure_logging``: set up logging as the composed ``hydra.job_logging`` and
-    ``hydra.verbose`` say, as a Hydra application would (``resexp train``).
+    ``configure_logging``: log as its ``hydra.job_logging`` and ``hydra.verbose`` say (train).
     """
     from hydra.core.utils import configure_log
     from omegaconf import open_dict

@@ -27,18 +27,6 @@ from resexp.analysis.common import DataCache, Output, Settings, find_runs
 from resexp.config import PROGRESS, Config, close_keys, convert, schema_keys, show
 from resexp.errors import ConfigError, ResexpError
 
-__all__ = [
-    "ANALYSES",
-    "COMMON_OPTIONS",
-    "OPTIONS",
-    "TRAIN_KEYS",
-    "analyze",
-    "describe",
-    "help_text",
-    "is_train_key",
-    "parse_options",
-]
-
 log = logging.getLogger("resexp.analysis")
 
 # name -> function(runs, out, settings, **options)

@@ -130,7 +130,11 @@ def resolve(cfg: Any, iterations: int | None = None) -> Runtime:
     elif compiled:
         notes.append(f"torch.compile (compile={cfg.compile})")
     elif iterations is not None and str(cfg.compile).lower() == "auto":
-        notes.append(f"eager (compile=auto: {iterations} iterations on {device.type})")
+        why = f"{iterations} iterations on {device.type}"
+        minimum = auto_compile_minimum(device)
+        if minimum is not None and iterations >= minimum:  # long enough, but cannot compile here
+            why = compile_unavailable(device) or why
+        notes.append(f"eager (compile=auto: {why})")
     return Runtime(
         device,
         dtype,
@@ -262,8 +266,13 @@ def compile_for(option: str, device: torch.device, iterations: int) -> bool:
         raise ConfigError(f"compile must be {', '.join(COMPILE_OPTIONS)}, not {option!r}")
     if option != "auto":
         return option != "false"
-    minimum = {"cpu": COMPILE_MIN_ITERATIONS, "cuda": COMPILE_MIN_ITERATIONS_CUDA}.get(device.type)
+    minimum = auto_compile_minimum(device)
     return minimum is not None and iterations >= minimum and compile_unavailable(device) is None
+
+
+def auto_compile_minimum(device: torch.device) -> int | None:
+    """The fewest iterations ``compile=auto`` compiles on ``device`` (None: never, as on MPS)."""
+    return {"cpu": COMPILE_MIN_ITERATIONS, "cuda": COMPILE_MIN_ITERATIONS_CUDA}.get(device.type)
 
 
 def compile_mode(option: str) -> str | None:

@@ -122,6 +122,11 @@ def test_compile_without_a_cpp_compiler_falls_back_on_the_cpu(monkeypatch):
     monkeypatch.setattr(runtime, "cpp_compiler", lambda: None)
     rt = resolve(options(device="cpu", compile="true"), iterations=100)
     assert rt.compile is False and "no C++ compiler" in rt.explain()
+    # compile=auto says the same where the run is long enough to compile, and only there
+    long_run = resolve(options(device="cpu", compile="auto"), iterations=64_000).explain()
+    assert "eager (compile=auto: no C++ compiler" in long_run
+    short_run = resolve(options(device="cpu", compile="auto"), iterations=100).explain()
+    assert "eager (compile=auto: 100 iterations on cpu)" in short_run
 
 
 @pytest.mark.parametrize(

@@ -651,14 +651,13 @@ def load_batches_state(batches: TrainBatches, saved: dict, seed: int, iteration:
     order (the permutation) is kept.
     """
     here, state = batches.generator.device.type, batches.generator.get_state()
-    kind = saved.get("generator_device", here)  # older checkpoints do not say: the shape tells
-    if kind == here and saved["generator"].shape == state.shape:
+    saved_on = saved.get("generator_device")  # older checkpoints do not say: the shape tells
+    if saved_on in (None, here) and saved["generator"].shape == state.shape:
         batches.load_state_dict(saved)
         return []
-    kind = saved.get("generator_device", "another device")
     batches.load_state_dict({**saved, "generator": state})
     batches.generator.manual_seed((seed * 2**32 + iteration) % 2**63)
-    return [f"the augmentation generator was saved on {kind}: re-seeded"]
+    return [f"the augmentation generator was saved on {saved_on or 'another device'}: re-seeded"]
 
 
 def _loop(run: Training, guard: SignalGuard) -> int | None:

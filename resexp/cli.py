@@ -195,8 +195,8 @@ def _hydra_message(e: Exception, schema: type[Config] = Config) -> str:
     text = "\n".join(lines) if lines else type(e).__name__
     if "Could not override" in text:
         key = text.split("'")[1] if text.count("'") >= 2 else ""
-        close = config_module.close_keys(key, [*config_module.schema_keys(schema), "experiment"])
-        text = f"unknown key {key!r}: did you mean {' or '.join(close)}?" if close else text
+        hint = config_module.did_you_mean(key, [*config_module.schema_keys(schema), "experiment"])
+        text = f"unknown key {key!r}{hint}" if hint else text
         text += "\n`resexp train --cfg job` lists every key; `resexp train --help` the main ones."
         text += "" if schema is Config else " `resexp bench --help`: the bench.* keys."
     return text

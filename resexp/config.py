@@ -183,11 +183,13 @@ def schema_keys(schema: type[Config] = Config) -> list[str]:
     return dotted(cast(dict, OmegaConf.to_container(OmegaConf.structured(schema))))  # a dict
 
 
-def close_keys(key: str, known: Sequence[str]) -> list[str]:
-    """The ``known`` keys that a misspelt ``key`` probably meant (the did-you-mean)."""
+def did_you_mean(key: str, known: Sequence[str]) -> str:
+    """``": did you mean depth?"`` with the ``known`` keys a misspelt ``key`` probably meant,
+    or "" when none is close."""
     import difflib
 
-    return difflib.get_close_matches(key, list(known), n=2, cutoff=0.7)
+    close = difflib.get_close_matches(key, list(known), n=2, cutoff=0.7)
+    return f": did you mean {' or '.join(close)}?" if close else ""
 
 
 def explicit_keys(overrides: Sequence[str]) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from resexp.analysis import gradients, landscape, lesion, responses, shattering
 from resexp.analysis.common import DataCache, Output, Settings, find_runs
-from resexp.config import PROGRESS, Config, close_keys, convert, schema_keys, show
+from resexp.config import PROGRESS, Config, convert, did_you_mean, schema_keys, show
 from resexp.errors import ConfigError, ResexpError
 
 log = logging.getLogger("resexp.analysis")
@@ -197,10 +197,9 @@ def _check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
         if key in schema_keys():  # analyses measure each run's network in fp32, eager
             raise ConfigError(f"{key} is a key of resexp train that analyses do not take; they "
                               f"take {', '.join(TRAIN_KEYS)} and data.KEY")  # fmt: skip
-        close = close_keys(key, [*valid, *COMMON_OPTIONS])
         raise ConfigError(
             f"unknown option {key} for analysis {name}"
-            + (f": did you mean {' or '.join(close)}?" if close else "")
+            + did_you_mean(key, [*valid, *COMMON_OPTIONS])
             + f"; its options: {', '.join(valid) or 'none'} (plus {', '.join(COMMON_OPTIONS)})"
         )
     return {k: convert(k, v, like=valid[k][0]) for k, v in options.items()}

@@ -573,8 +573,8 @@ BENCH_HELP = """Time resexp's training step beside a conventional DataLoader/PIL
 `resexp train`'s overrides mean what they mean there (the step timed is the one train would run),
 on generated images unless data= names others (data.test_size=2000: the evaluation timing's).
 bench's own: bench.iterations=50 (timed steps per loop), bench.warmup=10, bench.rounds=5 (blocks
-alternating between the loops), bench.baseline=true, bench.compile_mode (torch.compile's mode
-where compile is on; compile=MODE sets both), bench.json=PATH (default: outputs/bench/).
+alternating between the loops), bench.baseline=true, bench.json=PATH (default: outputs/bench/).
+compile=MODE times one of torch.compile's modes (reduce-overhead, max-autotune, ...), as train.
 """
 
 # resexp bench's options before it took overrides (`--batch-size 64`, `--no-baseline`), still
@@ -583,9 +583,8 @@ LEGACY_RENAMED = {"eval_images": "data.test_size", "data_root": "data.root"}
 
 
 def bench_overrides(args: list[str]) -> list[str]:
-    """``args`` as overrides: the old ``--depth 20`` form translated, ``compile=MODE`` (one of
-    torch.compile's modes, or none) as compile and bench.compile_mode, then bench's data
-    defaults where ``args`` leave them."""
+    """``args`` as overrides: the old ``--depth 20`` form translated (its ``--compile none`` as
+    ``compile=false``), then bench's data defaults where ``args`` leave them."""
     from resexp.bench import default_data
 
     keys = config_module.schema_keys(BenchConfig)

@@ -330,6 +330,12 @@ def test_data_keys_change_each_runs_data_as_for_evaluate(study, tmp_path):
     assert [s["images"] for s in own] == [64]  # the runs' own synthetic data, 64 test images
 
 
+def test_an_analysis_leaves_the_callers_thread_count_as_it_was(study, tmp_path):
+    before = torch.get_num_threads()
+    analyze("responses", study, out_dir=tmp_path, images=64, threads=1, progress="none")
+    assert torch.get_num_threads() == before
+
+
 def test_describe_lists_every_analysis_with_its_options():
     entries = {e["name"]: e for e in describe()}
     assert set(entries) == set(ANALYSES) == set(OPTIONS)

@@ -72,7 +72,7 @@ def describe() -> list[dict[str, Any]]:
     """Each analysis: name, one-line summary, source, whether it needs runs, and its options."""
     entries = []
     for name, function in ANALYSES.items():
-        module = inspect.getmodule(function)
+        module = sys.modules[function.__module__]
         entries.append(
             {
                 "name": name,
@@ -157,12 +157,14 @@ def analyze(
     out.runs, out.samples = runs, settings.data.samples
     plural = "" if len(runs) == 1 else "s"
     log.info("analysis %s: %d run%s under %s -> %s", name, len(runs), plural, target, out.dir)
-    if threads > 0:  # as train: process-wide
-        torch.set_num_threads(threads)
+    threads_before = torch.get_num_threads()
     try:
+        if threads > 0:
+            torch.set_num_threads(threads)
         ANALYSES[name](runs, out, settings, **kwargs)
     finally:
         out.close()
+        torch.set_num_threads(threads_before)  # a caller's own setting is theirs again
     agreed = [c for c in out.checks if c["agrees"] is not None]
     log.info(
         "analysis %s: %d of %d checks agree with the literature; wrote %s",

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from resexp.analysis.common import (
     Output,
     Settings,
-    batches,
     line_style,
     load_trained,
     new_figure,
@@ -335,8 +334,8 @@ def calibrate_bn(model: nn.Module, x: Tensor, batch_size: int) -> None:
             m.reset_running_stats()
             saved[m], m.momentum = m.momentum, None  # cumulative average over the batches
     model.train()
-    for xb, _ in batches(x, x, batch_size):
-        model(xb)
+    for start in range(0, len(x), batch_size):
+        model(x[start : start + batch_size])
     for m, momentum in saved.items():
         m.momentum = momentum
     model.eval()

@@ -52,8 +52,8 @@ class Run:
         arch = path.parent.name
         name_depth = re.search(r"-?(\d+)(?=$|-)", arch)  # plain-56, resnet50-imagenet-stem
         depth = int(setting("depth", int(name_depth.group(1)) if name_depth else 0))
-        family = family_of(arch, depth)
-        block = "basic" if family in ("plain", "resnet") else family.split("-")[-1]
+        kind = family_of(arch, depth)  # plain, resnet, preact, ...: the block when none is saved
+        block = "basic" if kind in ("plain", "resnet") else kind.split("-")[-1]
         seed = setting("seed")
         return cls(
             path=path,

@@ -31,6 +31,8 @@ COMPILE_MIN_ITERATIONS = 2000
 # CPU, so compiling (still a minute or so) pays only over about ten times as many steps: the
 # paper's 64k-iteration run, not the 8k ``short`` one. An estimate, not yet measured on a GPU.
 COMPILE_MIN_ITERATIONS_CUDA = 20_000
+# The fewest iterations compile=auto compiles, per device type (none on MPS: unmeasured).
+AUTO_COMPILE_MIN_ITERATIONS = {"cpu": COMPILE_MIN_ITERATIONS, "cuda": COMPILE_MIN_ITERATIONS_CUDA}
 # torch.compile's modes (torch.compile docs): "reduce-overhead" replays the step as CUDA graphs,
 # which removes the per-kernel launch cost that dominates small CIFAR networks on a GPU.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -131,7 +133,7 @@ def resolve(cfg: Any, iterations: int | None = None) -> Runtime:
         notes.append(f"torch.compile (compile={cfg.compile})")
     elif iterations is not None and str(cfg.compile).lower() == "auto":
         why = f"{iterations} iterations on {device.type}"
-        minimum = auto_compile_minimum(device)
+        minimum = AUTO_COMPILE_MIN_ITERATIONS.get(device.type)
         if minimum is not None and iterations >= minimum:  # long enough, but cannot compile here
             why = compile_unavailable(device) or why
         notes.append(f"eager (compile=auto: {why})")
@@ -266,13 +268,8 @@ def compile_for(option: str, device: torch.device, iterations: int) -> bool:
         raise ConfigError(f"compile must be {', '.join(COMPILE_OPTIONS)}, not {option!r}")
     if option != "auto":
         return option != "false"
-    minimum = auto_compile_minimum(device)
+    minimum = AUTO_COMPILE_MIN_ITERATIONS.get(device.type)
     return minimum is not None and iterations >= minimum and compile_unavailable(device) is None
-
-
-def auto_compile_minimum(device: torch.device) -> int | None:
-    """The fewest iterations ``compile=auto`` compiles on ``device`` (None: never, as on MPS)."""
-    return {"cpu": COMPILE_MIN_ITERATIONS, "cuda": COMPILE_MIN_ITERATIONS_CUDA}.get(device.type)
 
 
 def compile_mode(option: str) -> str | None:
